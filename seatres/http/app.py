@@ -1,0 +1,79 @@
+"""The Starlette application: state built in lifespan, one handler per error family."""
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+
+from seatres.domain.errors import DomainError
+from seatres.domain.service import ReservationService, Rules
+from seatres.http import problems
+from seatres.http.routes import ROUTES
+from seatres.http.state import AppState
+from seatres.settings import Settings
+from seatres.store import scripts
+from seatres.store.redis_store import RedisStore
+from seatres.tokens import TokenVerifier
+
+log = logging.getLogger("seatres.http")
+
+RedisFactory = Callable[[Settings], Redis]
+
+
+def connect(settings: Settings) -> Redis:
+    if settings.redis_url is None:
+        raise RuntimeError("SEATRES_REDIS_URL is unset: start the service with `seatres serve`")
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout_seconds,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        decode_responses=True,
+    )
+    # redis-py retries a command after a timeout or dropped connection; every script
+    # is written so that running it twice for one request answers as the first run did.
+    return Redis(connection_pool=pool)
+
+
+def create_app(
+    settings: Settings | None = None, redis_factory: RedisFactory = connect
+) -> Starlette:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis = redis_factory(settings)
+        store = RedisStore(redis)
+        rules = Rules(
+            hold_ms=settings.hold_ms,
+            max_seats_per_reservation=settings.max_seats_per_reservation,
+        )
+        app.state.seatres = AppState(
+            settings=settings,
+            redis=redis,
+            store=store,
+            service=ReservationService(store, rules),
+            tokens=TokenVerifier(settings.secret()),
+        )
+        try:
+            await scripts.load_all(redis)
+        except Exception as exc:  # Redis may come up later; /readyz tells.
+            log.warning("could not load scripts at start: %s", exc)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+
+    return Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={
+            DomainError: problems.domain_error,
+            HTTPException: problems.http_error,
+            Exception: problems.unexpected_error,
+        },
+    )

@@ -1,0 +1,227 @@
+"""The OpenAPI 3.1 description served at /openapi.json, built from the request models."""
+
+from functools import cache
+from typing import Any
+
+from seatres.http.schemas import EventBody, ReserveBody
+
+ERROR_CODES = {
+    400: ["validation_error", "invalid_transition", "reservation_expired"],
+    401: ["unauthorized"],
+    403: ["forbidden"],
+    404: ["not_found"],
+    405: ["method_not_allowed"],
+    409: ["seat_unavailable"],
+    413: ["payload_too_large"],
+    415: ["unsupported_media_type"],
+    500: ["internal_error"],
+    503: ["store_unavailable"],
+}
+
+_PROBLEM = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string", "enum": sorted({c for cs in ERROR_CODES.values() for c in cs})},
+        "seatIds": {"type": "array", "items": {"type": "string"}},
+    },
+}
+_TIME = {"type": "string", "format": "date-time"}
+_RESERVATION = {
+    "type": "object",
+    "required": ["id", "eventId", "seatIds", "customerId", "state", "createdAt", "expiresAt"],
+    "properties": {
+        "id": {"type": "string"},
+        "eventId": {"type": "string"},
+        "seatIds": {"type": "array", "items": {"type": "string"}},
+        "customerId": {"type": "string"},
+        "state": {"type": "string", "enum": ["RESERVED", "CONFIRMED", "CANCELLED", "EXPIRED"]},
+        "createdAt": _TIME,
+        "expiresAt": _TIME,
+        "updatedAt": _TIME,
+    },
+}
+_COUNT = {"type": "integer", "minimum": 0}
+_EVENT = {
+    "type": "object",
+    "required": ["eventId", "name", "seats"],
+    "properties": {
+        "eventId": {"type": "string"},
+        "name": {"type": "string"},
+        "seats": {
+            "type": "object",
+            "required": ["total", "free", "held", "booked"],
+            "properties": {k: _COUNT for k in ("total", "free", "held", "booked")},
+        },
+    },
+}
+_SEAT_PAGE = {
+    "type": "object",
+    "required": ["eventId", "seats", "nextCursor"],
+    "properties": {
+        "eventId": {"type": "string"},
+        "seats": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "seatId": {"type": "string"},
+                    "status": {"type": "string", "enum": ["free", "held", "booked"]},
+                },
+            },
+        },
+        "nextCursor": {"type": ["string", "null"]},
+    },
+}
+_STATUS = {"type": "object", "properties": {"status": {"type": "string"}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {
+            "description": ", ".join(ERROR_CODES[s]),
+            "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        }
+        for s in statuses
+    }
+
+
+def _ok(status: int, schema: str, description: str) -> dict[str, Any]:
+    return {
+        str(status): {
+            "description": description,
+            "content": {"application/json": {"schema": _ref(schema)}},
+        }
+    }
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+_AUTH_ERRORS = (401, 500, 503)
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    event_param = [_path_param("eventId")]
+    reservation_param = [_path_param("id")]
+    transition = {
+        "parameters": reservation_param,
+        "responses": {
+            **_ok(200, "Reservation", "The reservation after the transition"),
+            **_errors(400, 404, *_AUTH_ERRORS),
+        },
+    }
+    paths = {
+        "/events/{eventId}": {
+            "put": {
+                "summary": "Create an event or replace its name and seat list (admin)",
+                "parameters": event_param,
+                "requestBody": _body("EventBody"),
+                "responses": {
+                    **_ok(201, "Event", "Created"),
+                    **_ok(200, "Event", "Updated"),
+                    **_errors(400, 403, 409, 413, 415, *_AUTH_ERRORS),
+                },
+            },
+            "get": {
+                "summary": "An event with its seat counts",
+                "parameters": event_param,
+                "responses": {**_ok(200, "Event", "The event"), **_errors(400, 404, *_AUTH_ERRORS)},
+            },
+        },
+        "/events/{eventId}/seats": {
+            "get": {
+                "summary": "One page of seats with their status, ordered by seat id",
+                "parameters": [
+                    *event_param,
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                ],
+                "responses": {
+                    **_ok(200, "SeatPage", "Seats"),
+                    **_errors(400, 404, *_AUTH_ERRORS),
+                },
+            }
+        },
+        "/reservations": {
+            "post": {
+                "summary": "Hold seats (all or none) for the caller",
+                "requestBody": _body("ReserveBody"),
+                "responses": {
+                    **_ok(201, "Reservation", "The new hold"),
+                    **_errors(400, 404, 409, 413, 415, *_AUTH_ERRORS),
+                },
+            }
+        },
+        "/reservations/{id}": {
+            "get": {
+                "summary": "A reservation (its owner or an admin)",
+                "parameters": reservation_param,
+                "responses": {
+                    **_ok(200, "Reservation", "The reservation"),
+                    **_errors(404, *_AUTH_ERRORS),
+                },
+            }
+        },
+        "/reservations/{id}/confirm": {"post": {"summary": "RESERVED -> CONFIRMED", **transition}},
+        "/reservations/{id}/cancel": {"post": {"summary": "RESERVED -> CANCELLED", **transition}},
+        "/healthz": {
+            "get": {
+                "summary": "The process is alive",
+                "security": [],
+                "responses": _ok(200, "Status", "Alive"),
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Redis is reachable and the scripts are loaded",
+                "security": [],
+                "responses": {**_ok(200, "Status", "Ready"), **_errors(503)},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": {"description": "OpenAPI 3.1 document"}},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "seatres", "version": "0.1.0"},
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+            "schemas": {
+                "Problem": _PROBLEM,
+                "Reservation": _RESERVATION,
+                "Event": _EVENT,
+                "SeatPage": _SEAT_PAGE,
+                "Status": _STATUS,
+                "EventBody": EventBody.model_json_schema(),
+                "ReserveBody": ReserveBody.model_json_schema(),
+            },
+        },
+    }

@@ -1,0 +1,69 @@
+"""Errors as application/problem+json (RFC 9457), with a stable `code` member.
+
+One handler for the domain error base class renders every domain error from the class's
+own status and code; the others cover Starlette's HTTP errors and anything unexpected,
+which is logged and answered without a trace."""
+
+import logging
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from seatres.domain.errors import DomainError
+from seatres.http.render import dump_json
+
+log = logging.getLogger("seatres.http")
+
+PROBLEM_TYPE_BASE = "https://seatres.dev/problems/"
+MEDIA_TYPE = "application/problem+json"
+
+# Codes for errors raised by the HTTP layer itself rather than the domain.
+HTTP_CODES = {
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    413: ("payload_too_large", "Payload too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+}
+
+
+def problem(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    body = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+    return Response(dump_json(body), status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+async def domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if exc.status == 503:
+        headers = {"Retry-After": "1"}
+        log.warning("store unavailable: %s", exc.detail)
+    return problem(exc.status, exc.code, exc.title, exc.detail, headers, **exc.extra)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code, title = HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
+    return problem(exc.status_code, code, title, exc.detail, dict(exc.headers or {}))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(
+        500, "internal_error", "Internal error", "The server failed to handle this request"
+    )

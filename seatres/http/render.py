@@ -1,0 +1,48 @@
+"""Domain values as JSON bodies (camelCase fields, ISO 8601 UTC times)."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from seatres.domain.models import EventSummary, Reservation, SeatPage
+
+
+def dump_json(body: Any) -> bytes:
+    return orjson.dumps(body)
+
+
+def iso_time(ms: int) -> str:
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def reservation(r: Reservation, now_ms: int | None = None) -> dict[str, Any]:
+    state = r.state if now_ms is None else r.effective_state(now_ms)
+    return {
+        "id": r.id,
+        "eventId": r.event_id,
+        "seatIds": list(r.seat_ids),
+        "customerId": r.customer_id,
+        "state": state.value,
+        "createdAt": iso_time(r.created_at_ms),
+        "expiresAt": iso_time(r.expires_at_ms),
+        "updatedAt": iso_time(r.updated_at_ms),
+    }
+
+
+def event(summary: EventSummary) -> dict[str, Any]:
+    c = summary.seats
+    return {
+        "eventId": summary.event_id,
+        "name": summary.name,
+        "seats": {"total": c.total, "free": c.free, "held": c.held, "booked": c.booked},
+    }
+
+
+def seat_page(event_id: str, page: SeatPage) -> dict[str, Any]:
+    return {
+        "eventId": event_id,
+        "seats": [{"seatId": seat, "status": status.value} for seat, status in page.seats],
+        "nextCursor": page.next_cursor,
+    }

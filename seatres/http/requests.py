@@ -1,0 +1,55 @@
+"""Reading a request: the caller from its bearer token, and a size-capped JSON body."""
+
+from typing import TypeVar
+
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from seatres.domain.errors import Unauthorized, ValidationFailed
+from seatres.domain.models import Caller
+from seatres.http.schemas import Body
+from seatres.http.state import AppState
+
+B = TypeVar("B", bound=Body)
+
+
+def app_state(request: Request) -> AppState:
+    state: AppState = request.app.state.seatres
+    return state
+
+
+def caller(request: Request) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Send Authorization: Bearer <token>")
+    return app_state(request).tokens.verify(token.strip())
+
+
+async def json_body(request: Request, model: type[B]) -> B:
+    content_type = request.headers.get("content-type", "application/json")
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise HTTPException(415, "Send the body as application/json")
+    limit = app_state(request).settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"The body may be at most {limit} bytes")
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks += chunk
+        if len(chunks) > limit:
+            raise HTTPException(413, f"The body may be at most {limit} bytes")
+    try:
+        return model.model_validate_json(bytes(chunks))
+    except ValidationError as exc:
+        raise ValidationFailed(_summarize(exc)) from None
+
+
+def _summarize(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False)[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

