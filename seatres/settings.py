@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     # Redis for rq and rq-scheduler; defaults to redis_url.
     jobs_redis_url: str | None = None
     redis_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    redis_retries: int = Field(default=2, ge=0, le=10)
     redis_max_connections: int = Field(default=64, ge=1, le=10_000)
 
     hold_seconds: int = Field(default=600, ge=1, le=86_400)
@@ -41,6 +42,8 @@ class Settings(BaseSettings):
 
     queue_name: str = Field(default="seatres", min_length=1)
     sweep_batch_size: int = Field(default=200, ge=1, le=10_000)
+    # How often rq-scheduler looks for due jobs; the expiry job itself runs every minute.
+    scheduler_interval_seconds: int = Field(default=10, ge=1, le=60)
 
     @model_validator(mode="after")
     def _check_secret(self) -> "Settings":

@@ -50,9 +50,7 @@ def seatres_process(
 
 
 @contextmanager
-def api_server(
-    redis_url: str, log_path: Path, workers: int = 1, **settings: str
-) -> Iterator[str]:
+def api_server(redis_url: str, log_path: Path, workers: int = 1, **settings: str) -> Iterator[str]:
     """A real `seatres serve` on a free port; yields its base URL once /healthz answers."""
     port = free_port()
     env = seatres_env(redis_url, **settings)

@@ -5,6 +5,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
@@ -34,9 +36,12 @@ def connect(settings: Settings) -> Redis:
         socket_connect_timeout=settings.redis_timeout_seconds,
         decode_responses=True,
     )
-    # redis-py retries a command after a timeout or dropped connection; every script
+    # redis-py retries a command after a timeout or dropped connection, and every script
     # is written so that running it twice for one request answers as the first run did.
-    return Redis(connection_pool=pool)
+    # Few, quick retries: with Redis down a request should get its 503 in well under a
+    # second (redis-py's default is 10 retries with up to 1 s between them).
+    retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), settings.redis_retries)
+    return Redis(connection_pool=pool, retry=retry)
 
 
 def create_app(

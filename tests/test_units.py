@@ -1,0 +1,124 @@
+"""Ids, tokens, settings and the CLI, without Redis."""
+
+import subprocess
+import sys
+
+import jwt
+import pytest
+from pydantic import ValidationError
+
+from seatres import tokens
+from seatres.domain.errors import NotFound, Unauthorized, ValidationFailed
+from seatres.domain.ids import check_id, event_of_reservation, new_reservation_id
+from seatres.settings import Settings, describe
+from tests.conftest import SECRET
+
+
+def test_reservation_ids_are_unguessable_and_name_their_event() -> None:
+    ids = {new_reservation_id("evt_1-A") for _ in range(1000)}
+    assert len(ids) == 1000
+    for rid in ids:
+        assert event_of_reservation(rid) == "evt_1-A"
+        assert all(c.isalnum() or c in "-_." for c in rid)
+        assert "evt_1-A" not in rid  # opaque
+
+
+@pytest.mark.parametrize("bad", ["", "nodot", "a.b", "Zm9v.short", "!!!!.AAAAAAAAAAAAAAAAAAAAAA"])
+def test_malformed_reservation_ids_are_not_found(bad: str) -> None:
+    with pytest.raises(NotFound):
+        event_of_reservation(bad)
+
+
+@pytest.mark.parametrize("bad", ["", "-a", "a b", "a/b", "a.b", "é", "x" * 65, "a\x00"])
+def test_id_rule(bad: str) -> None:
+    with pytest.raises(ValidationFailed):
+        check_id(bad, "seatId")
+    assert check_id("A-1_b", "seatId") == "A-1_b"
+
+
+def test_tokens_round_trip_and_admin_scope() -> None:
+    verifier = tokens.TokenVerifier(SECRET)
+    customer = verifier.verify(tokens.mint(SECRET, "alice"))
+    admin = verifier.verify(tokens.mint(SECRET, "root", admin=True))
+    assert (customer.customer_id, customer.is_admin) == ("alice", False)
+    assert (admin.customer_id, admin.is_admin) == ("root", True)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        tokens.mint(SECRET, "alice", ttl_seconds=-30),
+        jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),  # no exp
+        jwt.encode({"exp": 2**40}, SECRET, algorithm="HS256"),  # no sub
+        jwt.encode({"sub": "a b", "exp": 2**40}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "alice", "exp": 2**40}, SECRET + "x", algorithm="HS256"),
+        jwt.encode({"sub": "alice", "exp": 2**40}, SECRET * 2, algorithm="HS512"),
+        "a.b.c",
+    ],
+)
+def test_bad_tokens_are_refused(token: str) -> None:
+    with pytest.raises(Unauthorized):
+        tokens.TokenVerifier(SECRET).verify(token)
+
+
+def test_cached_token_is_checked_again_once_expired(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = tokens.TokenVerifier(SECRET)
+    token = tokens.mint(SECRET, "alice", ttl_seconds=60)
+    decoded: list[str] = []
+    real_decode = verifier._decode
+
+    def counting_decode(t: str) -> tuple[object, float]:
+        decoded.append(t)
+        return real_decode(t)
+
+    monkeypatch.setattr(verifier, "_decode", counting_decode)
+    verifier.verify(token)
+    verifier.verify(token)
+    assert len(decoded) == 1  # the second call came from the cache
+    real_time = tokens.time.time
+    monkeypatch.setattr(tokens.time, "time", lambda: real_time() + 3600)
+    verifier.verify(token)  # past exp + leeway: verified again, not served from the cache
+    assert len(decoded) == 2
+
+
+def test_settings_defaults_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SEATRES_REDIS_URL", raising=False)
+    monkeypatch.delenv("SEATRES_JWT_SECRET", raising=False)
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (s.hold_seconds, s.redis_url, s.port) == (600, None, 8000)
+    monkeypatch.setenv("SEATRES_HOLD_SECONDS", "0")
+    with pytest.raises(ValidationError) as info:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert "SEATRES_HOLD_SECONDS" in describe(info.value)
+    monkeypatch.setenv("SEATRES_HOLD_SECONDS", "30")
+    monkeypatch.setenv("SEATRES_REDIS_URL", "redis://127.0.0.1:6379/0")
+    with pytest.raises(ValidationError, match="SEATRES_JWT_SECRET is required"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "seatres.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_token(tmp_path: object) -> None:
+    env = {"SEATRES_JWT_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
+    out = run_cli("token", "--sub", "carol", "--admin", "--ttl", "120", env=env)
+    assert out.returncode == 0, out.stderr
+    caller = tokens.TokenVerifier(SECRET).verify(out.stdout.strip())
+    assert (caller.customer_id, caller.is_admin) == ("carol", True)
+    claims = jwt.decode(out.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert claims["exp"] - claims["iat"] == 120
+
+
+def test_cli_reports_bad_settings() -> None:
+    env = {"SEATRES_HOLD_SECONDS": "soon", "PATH": "/usr/bin:/bin"}
+    out = run_cli("token", "--sub", "x", env=env)
+    assert out.returncode != 0
+    assert "SEATRES_HOLD_SECONDS" in out.stderr
+    assert "Traceback" not in out.stderr
