@@ -320,7 +320,10 @@ def test_seat_pages(client: TestClient) -> None:
     assert seen[2] == {"seatId": "S002", "status": "held"}
     assert seen[0]["status"] == "free"
     assert_problem(client.get("/events/p/seats?limit=0", headers=BOB), 400, "validation_error")
-    assert_problem(client.get("/events/p/seats?limit=abc", headers=BOB), 400, "validation_error")
+    for bad in ("abc", "²", "-1", "1001", "9" * 40, "1.5"):
+        response = client.get(f"/events/p/seats?limit={bad}", headers=BOB)
+        assert_problem(response, 400, "validation_error")
+    assert_problem(client.get("/events/p/seats?cursor=%00", headers=BOB), 400, "validation_error")
     assert_problem(client.get("/events/none/seats", headers=BOB), 404, "not_found")
 
 

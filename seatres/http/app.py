@@ -35,13 +35,15 @@ def connect(settings: Settings) -> Redis:
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
         decode_responses=True,
+        # redis-py retries a command after a timeout or dropped connection, and every
+        # script is written so that running it twice for one request answers as the first
+        # run did. Few, quick retries: with Redis down a request gets its 503 in well under
+        # a second. The policy must be the pool's (its connections are what retry):
+        # Redis(connection_pool=pool, retry=...) ignores its retry argument.
+        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), settings.redis_retries),
     )
-    # redis-py retries a command after a timeout or dropped connection, and every script
-    # is written so that running it twice for one request answers as the first run did.
-    # Few, quick retries: with Redis down a request should get its 503 in well under a
-    # second (redis-py's default is 10 retries with up to 1 s between them).
-    retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), settings.redis_retries)
-    return Redis(connection_pool=pool, retry=retry)
+    # from_pool: the client owns the pool, so aclose() in the lifespan closes it too.
+    return Redis.from_pool(pool)
 
 
 def create_app(

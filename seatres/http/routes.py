@@ -37,11 +37,12 @@ async def get_event(request: Request) -> Response:
 async def get_seats(request: Request) -> Response:
     caller(request)
     event_id = request.path_params["eventId"]
-    limit_text = request.query_params.get("limit", str(DEFAULT_PAGE_SIZE))
-    if not limit_text.isdigit():
-        raise ValidationFailed("limit must be a positive integer")
+    try:
+        limit = int(request.query_params.get("limit", DEFAULT_PAGE_SIZE))
+    except ValueError:
+        raise ValidationFailed("limit must be an integer") from None
     cursor = request.query_params.get("cursor") or None
-    page = await app_state(request).service.seat_page(event_id, cursor, int(limit_text))
+    page = await app_state(request).service.seat_page(event_id, cursor, limit)
     return _json(render.seat_page(event_id, page))
 
 
