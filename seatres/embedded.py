@@ -89,9 +89,7 @@ class RedisServer:
             "--logfile", str((self.data_dir / "redis.log").resolve()),
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
-        )
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:

@@ -25,6 +25,13 @@ class Settings(BaseSettings):
 
     hold_seconds: int = Field(default=600, ge=1, le=86_400)
     max_seats_per_reservation: int = Field(default=10, ge=1, le=1000)
+    # Seats one customer may have active (held or confirmed) in one event; 0 = no limit.
+    max_seats_per_customer: int = Field(default=10, ge=0, le=100_000)
+    # Longest a hold may last, counted from its creation, extensions included.
+    max_hold_seconds: int = Field(default=1800, ge=1, le=7 * 86_400)
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    # Entries kept in each event's log stream (MAXLEN ~).
+    log_max_length: int = Field(default=100_000, ge=100, le=100_000_000)
 
     # HS256 key for customer and admin tokens. Unset with an embedded Redis: a random
     # key is created once and kept in data_dir, so tokens survive restarts.
@@ -46,7 +53,9 @@ class Settings(BaseSettings):
     scheduler_interval_seconds: int = Field(default=10, ge=1, le=60)
 
     @model_validator(mode="after")
-    def _check_secret(self) -> "Settings":
+    def _check_consistency(self) -> "Settings":
+        if self.max_hold_seconds < self.hold_seconds:
+            raise ValueError("SEATRES_MAX_HOLD_SECONDS must be at least SEATRES_HOLD_SECONDS")
         if self.jwt_secret is not None and len(self.jwt_secret) < MIN_SECRET_LENGTH:
             raise ValueError(f"SEATRES_JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters")
         if self.redis_url is not None and self.jwt_secret is None:

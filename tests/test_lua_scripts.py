@@ -29,19 +29,34 @@ CODES = {
 }
 
 
+def _header_and_body(name: str) -> tuple[str, str]:
+    text = resources.files("seatres.lua").joinpath(f"{name}.lua").read_text()
+    lines = text.splitlines()
+    n = next(i for i, line in enumerate(lines) if line and not line.startswith("--"))
+    return "\n".join(lines[:n]), "\n".join(lines[n:])
+
+
 @pytest.mark.parametrize("name", scripts.SCRIPT_NAMES)
 def test_header_lists_keys_argv_and_returns(name: str) -> None:
-    text = resources.files("seatres.lua").joinpath(f"{name}.lua").read_text()
-    header = text.split("\n\n")[0] + text
-    assert text.startswith(f"-- {name}.lua:")
-    assert "KEYS[1]" in header
-    assert "Returns" in header
-    used_keys = {int(n) for n in re.findall(r"KEYS\[(\d+)\]", text)}
-    documented = {int(n) for n in re.findall(r"^-- KEYS\[(\d+)\]", text, re.M)}
-    assert used_keys == documented, "every key the script uses is documented, and only those"
-    used_argv = {int(n) for n in re.findall(r"ARGV\[(\d+)\]", text)}
-    documented_argv = {int(n) for n in re.findall(r"^-- ARGV\[(\d+)\]", text, re.M)}
-    assert used_argv <= documented_argv
+    header, body = _header_and_body(name)
+    assert header.startswith(f"-- {name}.lua:")
+    assert "-- KEYS[1" in header
+    assert "-- Returns" in header
+    documented_keys = {int(n) for n in re.findall(r"^-- KEYS\[(\d+)", header, re.M)}
+    assert {int(n) for n in re.findall(r"KEYS\[(\d+)\]", body)} <= documented_keys
+    if "event_keys()" in body:
+        assert "-- KEYS[1..7] the event's keys" in header
+    documented_argv = {int(n) for n in re.findall(r"^-- ARGV\[(\d+)\]", header, re.M)}
+    assert {int(n) for n in re.findall(r"ARGV\[(\d+)\]", body)} <= documented_argv
+
+
+def test_common_key_order_matches_the_key_schema() -> None:
+    from seatres.store.keys import EventKeys
+
+    common = resources.files("seatres.lua").joinpath("common.lua").read_text()
+    order = re.findall(r"^    (\w+) = KEYS\[(\d+)\]", common, re.M)
+    assert [name for name, _ in order][: len(EventKeys._fields)] == list(EventKeys._fields)
+    assert [int(i) for _, i in order] == list(range(1, len(order) + 1))
 
 
 def test_scripts_never_build_keys() -> None:

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -22,7 +22,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from seatres.domain import ids
 from seatres.domain.errors import NotFound, ReservationExpired
-from seatres.domain.models import Caller, Reservation
+from seatres.domain.models import Caller, IdempotencyKey, Outcome, Reservation
 from seatres.domain.states import ReservationState, Transition
 from seatres.embedded import RedisServer
 from seatres.http.app import connect
@@ -79,9 +79,9 @@ def test_retried_reserve_answers_with_the_first_reservation(backend: Backend) ->
     rid = ids.new_reservation_id(EVENT)
 
     async def body(store: RedisStore) -> tuple[Reservation, Reservation]:
-        first = await store.reserve(EVENT, rid, "alice", ["A1", "A2"], HOLD_MS)
+        first = (await store.reserve(EVENT, rid, "alice", ["A1", "A2"], HOLD_MS)).reservation
         await asyncio.sleep(0.005)  # a retry comes later: its clock must not matter
-        second = await store.reserve(EVENT, rid, "alice", ["A1", "A2"], HOLD_MS)
+        second = (await store.reserve(EVENT, rid, "alice", ["A1", "A2"], HOLD_MS)).reservation
         return first, second
 
     first, second = asyncio.run(_with_store(backend, body))
@@ -102,8 +102,8 @@ def test_retried_reserve_with_other_seats_does_not_claim_them(backend: Backend) 
     rid = ids.new_reservation_id(EVENT)
 
     async def body(store: RedisStore) -> tuple[Reservation, Reservation]:
-        first = await store.reserve(EVENT, rid, "alice", ["A1"], HOLD_MS)
-        second = await store.reserve(EVENT, rid, "alice", ["A2", "A3"], HOLD_MS)
+        first = (await store.reserve(EVENT, rid, "alice", ["A1"], HOLD_MS)).reservation
+        second = (await store.reserve(EVENT, rid, "alice", ["A2", "A3"], HOLD_MS)).reservation
         return first, second
 
     first, second = asyncio.run(_with_store(backend, body))
@@ -148,11 +148,11 @@ def test_retried_transition_answers_as_the_first_did(
     rid = ids.new_reservation_id(EVENT)
 
     async def body(store: RedisStore) -> tuple[Reservation, Reservation, Reservation]:
-        made = await store.reserve(EVENT, rid, "alice", ["A1"], HOLD_MS)
+        made = (await store.reserve(EVENT, rid, "alice", ["A1"], HOLD_MS)).reservation
         await asyncio.sleep(0.005)
-        first = await store.transition(EVENT, rid, transition, ALICE)
+        first = (await store.transition(EVENT, rid, transition, ALICE)).reservation
         await asyncio.sleep(0.005)
-        second = await store.transition(EVENT, rid, transition, ALICE)
+        second = (await store.transition(EVENT, rid, transition, ALICE)).reservation
         return made, first, second
 
     made, first, second = asyncio.run(_with_store(backend, body))
@@ -422,6 +422,10 @@ async def _direct_store(redis_server: RedisServer, body: Callable[[RedisStore], 
 MODES = ["close", "stall"]
 
 
+async def _reserved(call: Awaitable[Outcome]) -> Reservation:
+    return (await call).reservation
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_reserve_survives_a_lost_reply(
     redis_server: RedisServer, direct: redis.Redis, mode: str
@@ -433,7 +437,7 @@ def test_reserve_survives_a_lost_reply(
         made: Reservation = asyncio.run(
             _through(
                 connect_client(proxy.url),
-                lambda store: store.reserve(EVENT, rid, "alice", ["A1", "A2"], HOLD_MS),
+                lambda store: _reserved(store.reserve(EVENT, rid, "alice", ["A1", "A2"], HOLD_MS)),
             )
         )
         assert proxy.replies_lost == 1
@@ -473,14 +477,15 @@ def test_transition_survives_a_lost_reply(
     rid = ids.new_reservation_id(EVENT)
     asyncio.run(
         _direct_store(
-            redis_server, lambda store: store.reserve(EVENT, rid, "alice", ["A1"], HOLD_MS)
+            redis_server,
+            lambda store: _reserved(store.reserve(EVENT, rid, "alice", ["A1"], HOLD_MS)),
         )
     )
     with lossy_proxy(redis_server, mode) as proxy:
         answer: Reservation = asyncio.run(
             _through(
                 connect_client(proxy.url),
-                lambda store: store.transition(EVENT, rid, transition, ALICE),
+                lambda store: _reserved(store.transition(EVENT, rid, transition, ALICE)),
             )
         )
         assert proxy.replies_lost == 1
@@ -499,3 +504,52 @@ def _read(redis_server: RedisServer, rid: str) -> Reservation | None:
 
     result: Reservation | None = asyncio.run(_direct_store(redis_server, read))
     return result
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_extension_survives_a_lost_reply_and_extends_once(
+    redis_server: RedisServer, direct: redis.Redis, mode: str
+) -> None:
+    _prepare(redis_server)
+    rid = ids.new_reservation_id(EVENT)
+    made = asyncio.run(
+        _direct_store(
+            redis_server,
+            lambda store: _reserved(store.reserve(EVENT, rid, "alice", ["A1"], HOLD_MS)),
+        )
+    )
+    with lossy_proxy(redis_server, mode) as proxy:
+        answer: Reservation = asyncio.run(
+            _through(
+                connect_client(proxy.url),
+                lambda store: _reserved(store.extend(EVENT, rid, ALICE, 60_000, 10 * HOLD_MS)),
+            )
+        )
+        assert proxy.replies_lost == 1
+        assert proxy.evalsha_forwarded == 2
+    assert answer.expires_at_ms == made.expires_at_ms + 60_000  # once, not twice
+    assert [c.action for c in answer.history] == ["reserve", "extend"]
+    assert direct.zscore(keys.event_keys(EVENT).holds, rid) == answer.expires_at_ms
+    assert _read(redis_server, rid) == answer
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_idempotent_reserve_retried_by_redis_py_is_not_a_replay(
+    redis_server: RedisServer, direct: redis.Redis, mode: str
+) -> None:
+    """The retry of the very call that made the reservation answers as that call did:
+    created, not 'replayed' (that is for a second request with the same key)."""
+    _prepare(redis_server)
+    rid = ids.new_reservation_id(EVENT)
+    key = IdempotencyKey("order-1", "fingerprint-1")
+    with lossy_proxy(redis_server, mode) as proxy:
+        outcome: Outcome = asyncio.run(
+            _through(
+                connect_client(proxy.url),
+                lambda store: store.reserve(EVENT, rid, "alice", ["A1"], HOLD_MS, 0, key),
+            )
+        )
+        assert proxy.evalsha_forwarded == 2
+    assert not outcome.replayed
+    assert outcome.reservation.id == rid
+    assert direct.hkeys(keys.event_keys(EVENT).reservations) == [rid]

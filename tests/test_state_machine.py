@@ -54,7 +54,7 @@ def test_scripts_follow_the_table(
             rid = await _into(store, start)
             outcome: ReservationState | type[DomainError]
             try:
-                outcome = (await store.transition("e", rid, transition, ALICE)).state
+                outcome = (await store.transition("e", rid, transition, ALICE)).reservation.state
             except DomainError as exc:
                 outcome = type(exc)
             stored, _ = await store.get_reservation("e", rid)

@@ -16,6 +16,9 @@ class DomainError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+        # True when this is the remembered answer of an earlier request that carried
+        # the same idempotency key, given again.
+        self.replayed = False
 
 
 class ValidationFailed(DomainError):
@@ -34,6 +37,24 @@ class ReservationExpired(DomainError):
     code = "reservation_expired"
     title = "Reservation expired"
     status = 400
+
+
+class LimitExceeded(DomainError):
+    """Over a configured limit: seats per customer, or the longest hold."""
+
+    code = "limit_exceeded"
+    title = "Limit exceeded"
+    status = 400
+
+    def __init__(self, detail: str, limit: int) -> None:
+        super().__init__(detail, limit=limit)
+        self.limit = limit
+
+
+class IdempotencyKeyMismatch(DomainError):
+    code = "idempotency_key_mismatch"
+    title = "Idempotency key reused"
+    status = 422
 
 
 class SeatUnavailable(DomainError):

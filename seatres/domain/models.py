@@ -7,6 +7,17 @@ from seatres.domain.states import ReservationState
 
 
 @dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of a reservation's history: a state change or an extension."""
+
+    at_ms: int
+    action: str  # reserve, confirm, cancel, expire, extend
+    from_state: ReservationState | None
+    to_state: ReservationState
+    by: str  # the customer or admin who acted, or "system"
+
+
+@dataclass(frozen=True, slots=True)
 class Reservation:
     id: str
     event_id: str
@@ -16,12 +27,30 @@ class Reservation:
     created_at_ms: int
     expires_at_ms: int
     updated_at_ms: int
+    history: tuple[Change, ...] = ()
 
     def effective_state(self, now_ms: int) -> ReservationState:
         """A hold past its time is expired, even before anything has written that down."""
         if self.state is ReservationState.RESERVED and self.expires_at_ms <= now_ms:
             return ReservationState.EXPIRED
         return self.state
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A reservation as a store call left it; replayed when it is the remembered
+    answer of an earlier request with the same idempotency key."""
+
+    reservation: Reservation
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A client's Idempotency-Key and the fingerprint of the request that carries it."""
+
+    key: str
+    fingerprint: str
 
 
 class SeatStatus(StrEnum):

@@ -8,6 +8,8 @@ from seatres.domain.models import (
     Caller,
     EventSummary,
     EventUpsert,
+    IdempotencyKey,
+    Outcome,
     Reservation,
     SeatPage,
     SweepBatch,
@@ -33,11 +35,31 @@ class ReservationStore(Protocol):
         customer_id: str,
         seat_ids: Sequence[str],
         hold_ms: int,
-    ) -> Reservation: ...
+        max_seats_per_customer: int = 0,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Outcome:
+        """reservation_id is chosen by the caller: a retried call answers with the
+        reservation its first run made."""
+        ...
 
     async def transition(
-        self, event_id: str, reservation_id: str, transition: Transition, caller: Caller
-    ) -> Reservation: ...
+        self,
+        event_id: str,
+        reservation_id: str,
+        transition: Transition,
+        caller: Caller,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Outcome: ...
+
+    async def extend(
+        self,
+        event_id: str,
+        reservation_id: str,
+        caller: Caller,
+        extra_ms: int,
+        max_hold_ms: int,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Outcome: ...
 
     async def get_reservation(
         self, event_id: str, reservation_id: str

@@ -4,6 +4,7 @@ Validation, authorization and ownership are decided here; the one-active-reserva
 invariant and the state machine are enforced atomically by the store's scripts (see
 seatres/lua), which this service calls exactly once per operation."""
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,8 @@ from seatres.domain.models import (
     Caller,
     EventSummary,
     EventUpsert,
+    IdempotencyKey,
+    Outcome,
     Reservation,
     SeatPage,
 )
@@ -24,10 +27,16 @@ MAX_EVENT_NAME = 200
 MAX_PAGE_SIZE = 1000
 
 
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+MAX_EXTENSION_SECONDS = 86_400
+
+
 @dataclass(frozen=True)
 class Rules:
     hold_ms: int
     max_seats_per_reservation: int = 10
+    max_seats_per_customer: int = 10  # active seats in one event; 0 = no limit
+    max_hold_ms: int = 30 * 60 * 1000  # longest a hold may last, extensions included
 
 
 class ReservationService:
@@ -66,7 +75,13 @@ class ReservationService:
 
     # Reservations
 
-    async def reserve(self, caller: Caller, event_id: str, seat_ids: Sequence[str]) -> Reservation:
+    async def reserve(
+        self,
+        caller: Caller,
+        event_id: str,
+        seat_ids: Sequence[str],
+        idempotency: IdempotencyKey | None = None,
+    ) -> Outcome:
         ids.check_id(event_id, "eventId")
         ids.check_customer_id(caller.customer_id)
         limit = self._rules.max_seats_per_reservation
@@ -75,18 +90,47 @@ class ReservationService:
         for seat_id in seat_ids:
             ids.check_id(seat_id, "seatId")
         _require_unique(seat_ids, "seatIds")
+        _check_idempotency(idempotency)
         # The id is chosen here, before the store is called, so that a retried call
         # (redis-py retries after a timeout) finds the reservation it already made.
         reservation_id = ids.new_reservation_id(event_id)
         return await self._store.reserve(
-            event_id, reservation_id, caller.customer_id, seat_ids, self._rules.hold_ms
+            event_id,
+            reservation_id,
+            caller.customer_id,
+            seat_ids,
+            self._rules.hold_ms,
+            self._rules.max_seats_per_customer,
+            idempotency,
         )
 
-    async def confirm(self, caller: Caller, reservation_id: str) -> Reservation:
-        return await self._transition(caller, reservation_id, Transition.CONFIRM)
+    async def confirm(
+        self, caller: Caller, reservation_id: str, idempotency: IdempotencyKey | None = None
+    ) -> Outcome:
+        return await self._transition(caller, reservation_id, Transition.CONFIRM, idempotency)
 
-    async def cancel(self, caller: Caller, reservation_id: str) -> Reservation:
-        return await self._transition(caller, reservation_id, Transition.CANCEL)
+    async def cancel(
+        self, caller: Caller, reservation_id: str, idempotency: IdempotencyKey | None = None
+    ) -> Outcome:
+        return await self._transition(caller, reservation_id, Transition.CANCEL, idempotency)
+
+    async def extend(
+        self,
+        caller: Caller,
+        reservation_id: str,
+        seconds: int,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Outcome:
+        """Push back the expiry of the caller's own hold (admins included: an extension
+        is the customer's decision), up to Rules.max_hold_ms from its creation."""
+        if not 1 <= seconds <= MAX_EXTENSION_SECONDS:
+            raise ValidationFailed(f"seconds must be between 1 and {MAX_EXTENSION_SECONDS}")
+        _check_idempotency(idempotency)
+        event_id = ids.event_of_reservation(reservation_id)
+        owner_only = Caller(caller.customer_id, is_admin=False)
+        return await self._store.extend(
+            event_id, reservation_id, owner_only, seconds * 1000, self._rules.max_hold_ms, idempotency
+        )
 
     async def get(self, caller: Caller, reservation_id: str) -> tuple[Reservation, int]:
         """The reservation and the store's clock, to tell a hold already past its time."""
@@ -98,10 +142,17 @@ class ReservationService:
         return reservation, now_ms
 
     async def _transition(
-        self, caller: Caller, reservation_id: str, transition: Transition
-    ) -> Reservation:
+        self,
+        caller: Caller,
+        reservation_id: str,
+        transition: Transition,
+        idempotency: IdempotencyKey | None,
+    ) -> Outcome:
+        _check_idempotency(idempotency)
         event_id = ids.event_of_reservation(reservation_id)
-        return await self._store.transition(event_id, reservation_id, transition, caller)
+        return await self._store.transition(
+            event_id, reservation_id, transition, caller, idempotency
+        )
 
 
 def _may_access(caller: Caller, reservation: Reservation) -> bool:
@@ -111,6 +162,11 @@ def _may_access(caller: Caller, reservation: Reservation) -> bool:
 def _require_admin(caller: Caller) -> None:
     if not caller.is_admin:
         raise Forbidden("This needs an admin token (scope seatres:admin)")
+
+
+def _check_idempotency(idempotency: IdempotencyKey | None) -> None:
+    if idempotency is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency.key):
+        raise ValidationFailed("Idempotency-Key must be 1-255 printable ASCII characters")
 
 
 def _require_unique(values: Sequence[str], field: str) -> None:

@@ -54,10 +54,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = redis_factory(settings)
-        store = RedisStore(redis)
+        store = RedisStore(
+            redis,
+            log_max_length=settings.log_max_length,
+            idempotency_ttl_ms=settings.idempotency_ttl_seconds * 1000,
+        )
         rules = Rules(
             hold_ms=settings.hold_ms,
             max_seats_per_reservation=settings.max_seats_per_reservation,
+            max_seats_per_customer=settings.max_seats_per_customer,
+            max_hold_ms=settings.max_hold_seconds * 1000,
         )
         app.state.seatres = AppState(
             settings=settings,

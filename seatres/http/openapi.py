@@ -3,10 +3,10 @@
 from functools import cache
 from typing import Any
 
-from seatres.http.schemas import EventBody, ReserveBody
+from seatres.http.schemas import EventBody, ExtendBody, ReserveBody
 
 ERROR_CODES = {
-    400: ["validation_error", "invalid_transition", "reservation_expired"],
+    400: ["validation_error", "invalid_transition", "reservation_expired", "limit_exceeded"],
     401: ["unauthorized"],
     403: ["forbidden"],
     404: ["not_found"],
@@ -14,6 +14,7 @@ ERROR_CODES = {
     409: ["seat_unavailable"],
     413: ["payload_too_large"],
     415: ["unsupported_media_type"],
+    422: ["idempotency_key_mismatch"],
     500: ["internal_error"],
     503: ["store_unavailable"],
 }
@@ -28,6 +29,7 @@ _PROBLEM = {
         "detail": {"type": "string"},
         "code": {"type": "string", "enum": sorted({c for cs in ERROR_CODES.values() for c in cs})},
         "seatIds": {"type": "array", "items": {"type": "string"}},
+        "limit": {"type": "integer"},
     },
 }
 _TIME = {"type": "string", "format": "date-time"}
@@ -43,6 +45,23 @@ _RESERVATION = {
         "createdAt": _TIME,
         "expiresAt": _TIME,
         "updatedAt": _TIME,
+        "history": {
+            "type": "array",
+            "description": "Only in GET /reservations/{id}: every change, oldest first",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "at": _TIME,
+                    "action": {
+                        "type": "string",
+                        "enum": ["reserve", "confirm", "cancel", "expire", "extend"],
+                    },
+                    "from": {"type": ["string", "null"]},
+                    "to": {"type": "string"},
+                    "by": {"type": "string"},
+                },
+            },
+        },
     },
 }
 _COUNT = {"type": "integer", "minimum": 0}
@@ -112,6 +131,14 @@ def _path_param(name: str) -> dict[str, Any]:
 
 
 _AUTH_ERRORS = (401, 500, 503)
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "1-255 printable characters. The same key with the same request "
+    "answers as the first time, with header Idempotent-Replayed: true; kept 24 hours.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
 
 
 @cache
@@ -119,10 +146,10 @@ def openapi_document() -> dict[str, Any]:
     event_param = [_path_param("eventId")]
     reservation_param = [_path_param("id")]
     transition = {
-        "parameters": reservation_param,
+        "parameters": [*reservation_param, _IDEMPOTENCY_KEY],
         "responses": {
             **_ok(200, "Reservation", "The reservation after the transition"),
-            **_errors(400, 404, *_AUTH_ERRORS),
+            **_errors(400, 404, 422, *_AUTH_ERRORS),
         },
     }
     paths = {
@@ -164,10 +191,11 @@ def openapi_document() -> dict[str, Any]:
         "/reservations": {
             "post": {
                 "summary": "Hold seats (all or none) for the caller",
+                "parameters": [_IDEMPOTENCY_KEY],
                 "requestBody": _body("ReserveBody"),
                 "responses": {
                     **_ok(201, "Reservation", "The new hold"),
-                    **_errors(400, 404, 409, 413, 415, *_AUTH_ERRORS),
+                    **_errors(400, 404, 409, 413, 415, 422, *_AUTH_ERRORS),
                 },
             }
         },
@@ -183,6 +211,13 @@ def openapi_document() -> dict[str, Any]:
         },
         "/reservations/{id}/confirm": {"post": {"summary": "RESERVED -> CONFIRMED", **transition}},
         "/reservations/{id}/cancel": {"post": {"summary": "RESERVED -> CANCELLED", **transition}},
+        "/reservations/{id}/extend": {
+            "post": {
+                "summary": "Push back the expiry of the caller's hold",
+                "requestBody": _body("ExtendBody"),
+                **transition,
+            }
+        },
         "/healthz": {
             "get": {
                 "summary": "The process is alive",
@@ -222,6 +257,7 @@ def openapi_document() -> dict[str, Any]:
                 "Status": _STATUS,
                 "EventBody": EventBody.model_json_schema(),
                 "ReserveBody": ReserveBody.model_json_schema(),
+                "ExtendBody": ExtendBody.model_json_schema(),
             },
         },
     }

@@ -18,6 +18,7 @@ log = logging.getLogger("seatres.http")
 
 PROBLEM_TYPE_BASE = "https://seatres.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 # Codes for errors raised by the HTTP layer itself rather than the domain.
 HTTP_CODES = {
@@ -49,10 +50,12 @@ def problem(
 
 async def domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
     if exc.status == 503:
         headers = {"Retry-After": "1"}
         log.warning("store unavailable: %s", exc.detail)
+    if exc.replayed:
+        headers[REPLAYED_HEADER] = "true"
     return problem(exc.status, exc.code, exc.title, exc.detail, headers, **exc.extra)
 
 

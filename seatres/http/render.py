@@ -5,7 +5,7 @@ from typing import Any
 
 import orjson
 
-from seatres.domain.models import EventSummary, Reservation, SeatPage
+from seatres.domain.models import Change, EventSummary, Reservation, SeatPage
 
 
 def dump_json(body: Any) -> bytes:
@@ -17,9 +17,11 @@ def iso_time(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def reservation(r: Reservation, now_ms: int | None = None) -> dict[str, Any]:
+def reservation(
+    r: Reservation, now_ms: int | None = None, with_history: bool = False
+) -> dict[str, Any]:
     state = r.state if now_ms is None else r.effective_state(now_ms)
-    return {
+    body: dict[str, Any] = {
         "id": r.id,
         "eventId": r.event_id,
         "seatIds": list(r.seat_ids),
@@ -28,6 +30,19 @@ def reservation(r: Reservation, now_ms: int | None = None) -> dict[str, Any]:
         "createdAt": iso_time(r.created_at_ms),
         "expiresAt": iso_time(r.expires_at_ms),
         "updatedAt": iso_time(r.updated_at_ms),
+    }
+    if with_history:
+        body["history"] = [change(c) for c in r.history]
+    return body
+
+
+def change(c: Change) -> dict[str, Any]:
+    return {
+        "at": iso_time(c.at_ms),
+        "action": c.action,
+        "from": c.from_state.value if c.from_state else None,
+        "to": c.to_state.value,
+        "by": c.by,
     }
 
 

@@ -1,5 +1,6 @@
 """Reading a request: the caller from its bearer token, and a size-capped JSON body."""
 
+import hashlib
 from typing import TypeVar
 
 from pydantic import ValidationError
@@ -7,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from seatres.domain.errors import Unauthorized, ValidationFailed
-from seatres.domain.models import Caller
+from seatres.domain.models import Caller, IdempotencyKey
 from seatres.http.schemas import Body
 from seatres.http.state import AppState
 
@@ -53,3 +54,14 @@ def _summarize(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in error["loc"]) or "body"
         parts.append(f"{where}: {error['msg']}")
     return "; ".join(parts)
+
+
+def idempotency(request: Request, body: Body | None = None) -> IdempotencyKey | None:
+    """The Idempotency-Key header, with the fingerprint of the request it came with:
+    method, path and the parsed body (so key order and whitespace do not matter)."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    canonical = body.model_dump_json().encode() if body is not None else b""
+    digest = hashlib.sha256(f"{request.method} {request.url.path}\n".encode() + canonical)
+    return IdempotencyKey(key=key, fingerprint=digest.hexdigest())

@@ -5,10 +5,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from seatres.domain.errors import ValidationFailed
+from seatres.domain.models import Outcome
 from seatres.http import render
 from seatres.http.openapi import openapi_document
-from seatres.http.requests import app_state, caller, json_body
-from seatres.http.schemas import EventBody, ReserveBody
+from seatres.http.problems import REPLAYED_HEADER
+from seatres.http.requests import app_state, caller, idempotency, json_body
+from seatres.http.schemas import EventBody, ExtendBody, ReserveBody
 
 JSON = "application/json"
 DEFAULT_PAGE_SIZE = 100
@@ -46,31 +48,47 @@ async def get_seats(request: Request) -> Response:
     return _json(render.seat_page(event_id, page))
 
 
+def _outcome(outcome: Outcome, status: int = 200) -> Response:
+    headers = {REPLAYED_HEADER: "true"} if outcome.replayed else {}
+    if status == 201:
+        headers["Location"] = f"/reservations/{outcome.reservation.id}"
+    return _json(render.reservation(outcome.reservation), status, headers)
+
+
 async def reserve(request: Request) -> Response:
     who = caller(request)
     body = await json_body(request, ReserveBody)
-    reservation = await app_state(request).service.reserve(who, body.eventId, body.seats)
-    return _json(
-        render.reservation(reservation), 201, {"Location": f"/reservations/{reservation.id}"}
-    )
+    service = app_state(request).service
+    outcome = await service.reserve(who, body.eventId, body.seats, idempotency(request, body))
+    return _outcome(outcome, 201)
 
 
 async def confirm(request: Request) -> Response:
     who = caller(request)
     service = app_state(request).service
-    return _json(render.reservation(await service.confirm(who, request.path_params["id"])))
+    rid = request.path_params["id"]
+    return _outcome(await service.confirm(who, rid, idempotency(request)))
 
 
 async def cancel(request: Request) -> Response:
     who = caller(request)
     service = app_state(request).service
-    return _json(render.reservation(await service.cancel(who, request.path_params["id"])))
+    rid = request.path_params["id"]
+    return _outcome(await service.cancel(who, rid, idempotency(request)))
+
+
+async def extend(request: Request) -> Response:
+    who = caller(request)
+    body = await json_body(request, ExtendBody)
+    service = app_state(request).service
+    rid = request.path_params["id"]
+    return _outcome(await service.extend(who, rid, body.seconds, idempotency(request, body)))
 
 
 async def get_reservation(request: Request) -> Response:
     who = caller(request)
     reservation, now_ms = await app_state(request).service.get(who, request.path_params["id"])
-    return _json(render.reservation(reservation, now_ms))
+    return _json(render.reservation(reservation, now_ms, with_history=True))
 
 
 async def healthz(request: Request) -> Response:
@@ -93,6 +111,7 @@ ROUTES = [
     Route("/reservations", reserve, methods=["POST"]),
     Route("/reservations/{id}/confirm", confirm, methods=["POST"]),
     Route("/reservations/{id}/cancel", cancel, methods=["POST"]),
+    Route("/reservations/{id}/extend", extend, methods=["POST"]),
     Route("/reservations/{id}", get_reservation, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),

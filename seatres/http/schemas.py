@@ -34,3 +34,7 @@ class ReserveBody(Body):
     @property
     def seats(self) -> list[str]:
         return [self.seatId] if self.seatId is not None else list(self.seatIds or [])
+
+
+class ExtendBody(Body):
+    seconds: int

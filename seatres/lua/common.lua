@@ -1,22 +1,38 @@
--- common.lua: helpers prepended to every transition script by seatres/store/scripts.py.
--- Reservations live as JSON values in the event's reservations hash, so every key a
--- script touches is one of the event's fixed keys (one hash slot, all passed in KEYS).
+-- common.lua: helpers prepended to every script by seatres/store/scripts.py.
+--
+-- Every script of an event receives the event's keys in one fixed order (event_keys
+-- below; seatres/store/keys.py builds them), so they all share the event's hash slot.
+-- Reservations live as JSON values in the event's reservations hash: a script never
+-- builds a key name, so Redis Cluster can route every call from KEYS alone.
+
+local function event_keys()
+  return {
+    meta = KEYS[1],          -- hash: eventId, name, createdAt, updatedAt, held, booked
+    seats = KEYS[2],         -- zset: seat id -> 0
+    claims = KEYS[3],        -- hash: seat id -> id of its active reservation
+    reservations = KEYS[4],  -- hash: reservation id -> reservation JSON
+    holds = KEYS[5],         -- zset: RESERVED reservation id -> expiresAt (ms)
+    customers = KEYS[6],     -- hash: customer id -> seats in active reservations
+    log = KEYS[7],           -- stream: every state change
+    idempotency = KEYS[8],   -- string: the remembered answer of one idempotency key
+  }
+end
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function load_reservation(reservations_key, id)
-  local raw = redis.call('HGET', reservations_key, id)
+local function load_reservation(K, id)
+  local raw = redis.call('HGET', K.reservations, id)
   if not raw then
     return nil
   end
   return cjson.decode(raw)
 end
 
-local function save_reservation(reservations_key, r)
-  redis.call('HSET', reservations_key, r.id, cjson.encode(r))
+local function save_reservation(K, r)
+  redis.call('HSET', K.reservations, r.id, cjson.encode(r))
 end
 
 -- A hold whose time has passed counts as expired the moment anything touches it.
@@ -24,22 +40,108 @@ local function is_due(r, now)
   return r.state == 'RESERVED' and r.expiresAt <= now
 end
 
-local function may_access(r, customer_id, is_admin)
-  return is_admin == '1' or r.customerId == customer_id
+local function may_access(r, caller_id, is_admin)
+  return is_admin == '1' or r.customerId == caller_id
+end
+
+-- Appends a change to the reservation's own history and to the event's log stream.
+local function record(K, r, action, from, by, now, log_max)
+  r.history = r.history or {}
+  local entry = {at = now, action = action, to = r.state, by = by}
+  if from then
+    entry.from = from
+  end
+  r.history[#r.history + 1] = entry
+  redis.call('XADD', K.log, 'MAXLEN', '~', log_max, '*',
+    'reservation', r.id, 'action', action, 'from', from or '', 'to', r.state,
+    'by', by, 'customer', r.customerId, 'seats', table.concat(r.seatIds, ','), 'at', now)
+end
+
+local function add_customer_seats(K, customer_id, n)
+  if redis.call('HINCRBY', K.customers, customer_id, n) <= 0 then
+    redis.call('HDEL', K.customers, customer_id)
+  end
 end
 
 -- Ends a RESERVED hold: frees the seats it still claims, drops it from the holds set
 -- and moves it to the terminal state given. Seats claimed by another reservation are
 -- never touched, so a stale hold can never free a newer one.
-local function end_hold(claims_key, holds_key, meta_key, reservations_key, r, state, now)
+local function end_hold(K, r, state, action, by, now, log_max)
   for _, seat in ipairs(r.seatIds) do
-    if redis.call('HGET', claims_key, seat) == r.id then
-      redis.call('HDEL', claims_key, seat)
+    if redis.call('HGET', K.claims, seat) == r.id then
+      redis.call('HDEL', K.claims, seat)
     end
   end
-  redis.call('ZREM', holds_key, r.id)
-  redis.call('HINCRBY', meta_key, 'held', -#r.seatIds)
+  redis.call('ZREM', K.holds, r.id)
+  redis.call('HINCRBY', K.meta, 'held', -#r.seatIds)
+  add_customer_seats(K, r.customerId, -#r.seatIds)
   r.state = state
   r.updatedAt = now
-  save_reservation(reservations_key, r)
+  record(K, r, action, 'RESERVED', by, now, log_max)
+  save_reservation(K, r)
+end
+
+-- The guards every caller-driven change of one reservation shares (confirm, cancel,
+-- extend). Returns nil and the reservation when the change may go ahead, or the reply:
+--   {-1}        not found, or not the caller's reservation
+--   {2, json}   already in `target` state: unchanged (a client or redis-py retry)
+--   {-5, json}  the hold had expired; one found due here is marked EXPIRED first, so
+--               a retry answers the same
+--   {-4, json}  any other state: the transition is not allowed
+local function check_transition(K, id, caller_id, is_admin, target, now, log_max)
+  local r = load_reservation(K, id)
+  if not r or not may_access(r, caller_id, is_admin) then
+    return {-1}
+  end
+  if r.state == target then
+    return {2, cjson.encode(r)}
+  end
+  if r.state == 'EXPIRED' then
+    return {-5, cjson.encode(r)}
+  end
+  if r.state ~= 'RESERVED' then
+    return {-4, cjson.encode(r)}
+  end
+  if is_due(r, now) then
+    end_hold(K, r, 'EXPIRED', 'expire', 'system', now, log_max)
+    return {-5, cjson.encode(r)}
+  end
+  return nil, r
+end
+
+-- Idempotency keys. The answer of a request that carried a key is kept at K.idempotency
+-- with the request's fingerprint, in the same script as the change it answers for.
+-- idempotent_answer returns nil when the script should run, or the reply to send:
+--   {-8}              the key was used for another request (fingerprint differs)
+--   {3, code, ...}    the remembered answer of an earlier request (a replay)
+--   {code, ...}       the remembered answer of this very request, sent again by a
+--                     redis-py retry (same nonce): answered as the first time
+local function idempotent_answer(K, fingerprint, nonce)
+  if fingerprint == '' then
+    return nil
+  end
+  local raw = redis.call('GET', K.idempotency)
+  if not raw then
+    return nil
+  end
+  local kept = cjson.decode(raw)
+  if kept.fingerprint ~= fingerprint then
+    return {-8}
+  end
+  if kept.nonce == nonce then
+    return kept.reply
+  end
+  local reply = {3}
+  for _, v in ipairs(kept.reply) do
+    reply[#reply + 1] = v
+  end
+  return reply
+end
+
+local function remember(K, reply, fingerprint, nonce, ttl_ms)
+  if fingerprint ~= '' then
+    local kept = cjson.encode({fingerprint = fingerprint, nonce = nonce, reply = reply})
+    redis.call('SET', K.idempotency, kept, 'PX', ttl_ms)
+  end
+  return reply
 end

@@ -1,50 +1,48 @@
 -- confirm.lua: RESERVED -> CONFIRMED. The seats stay claimed, now as booked.
 --
--- KEYS[1] claims        hash, seat id -> id of its active reservation
--- KEYS[2] reservations  hash, reservation id -> reservation JSON
--- KEYS[3] holds         zset, RESERVED reservation id -> expiresAt (ms)
--- KEYS[4] meta          hash, event name and seat counters (held, booked)
+-- KEYS[1..7] the event's keys in the order of common.lua's event_keys: meta, seats,
+--            claims, reservations, holds, customers, log
+-- KEYS[8]    the idempotency record of (caller, Idempotency-Key); only with ARGV[6]
 --
 -- ARGV[1] reservation id
--- ARGV[2] customer id of the caller
+-- ARGV[2] caller id (the customer, or the admin acting)
 -- ARGV[3] '1' when the caller is an admin (may act on any reservation), else '0'
+-- ARGV[4] log stream MAXLEN (approximate)
+-- ARGV[5] request nonce: tells a redis-py retry of this call from a later replay
+-- ARGV[6] request fingerprint for the idempotency key, '' without a key
+-- ARGV[7] how long the idempotency record is kept, in ms
 --
 -- Returns
---   {1, json}   confirmed now
---   {2, json}   was already CONFIRMED: unchanged (a client or redis-py retry)
---   {-1}        not found, or not the caller's reservation
---   {-4, json}  invalid transition (the reservation is CANCELLED)
---   {-5, json}  the hold had expired; a hold found due here is marked EXPIRED first,
---               so a retry answers the same
+--   {1, json}       confirmed now
+--   {2, json}       was already CONFIRMED: unchanged (a client or redis-py retry)
+--   {3, code, ...}  replay: the answer first given for this idempotency key
+--   {-1}            not found, or not the caller's reservation
+--   {-4, json}      invalid transition (the reservation is CANCELLED)
+--   {-5, json}      the hold had expired (a hold found due is marked EXPIRED first)
+--   {-8}            the idempotency key was used for a different request
 --
--- The only write before a refusal is that lazy expiry, which is itself a transition.
+-- The only write before a refusal is that lazy expiry, itself a transition, and the
+-- idempotency record of the answer.
 
-local claims_key, reservations_key, holds_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, customer_id, is_admin = ARGV[1], ARGV[2], ARGV[3]
+local K = event_keys()
+local id, caller_id, is_admin, log_max = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local nonce, fingerprint, idempotency_ttl = ARGV[5], ARGV[6], ARGV[7]
 
-local r = load_reservation(reservations_key, id)
-if not r or not may_access(r, customer_id, is_admin) then
-  return {-1}
-end
-if r.state == 'CONFIRMED' then
-  return {2, cjson.encode(r)}
-end
-if r.state == 'EXPIRED' then
-  return {-5, cjson.encode(r)}
-end
-if r.state ~= 'RESERVED' then
-  return {-4, cjson.encode(r)}
+local answer = idempotent_answer(K, fingerprint, nonce)
+if answer then
+  return answer
 end
 local now = now_ms()
-if is_due(r, now) then
-  end_hold(claims_key, holds_key, meta_key, reservations_key, r, 'EXPIRED', now)
-  return {-5, cjson.encode(r)}
+local refusal, r = check_transition(K, id, caller_id, is_admin, 'CONFIRMED', now, log_max)
+if refusal then
+  return remember(K, refusal, fingerprint, nonce, idempotency_ttl)
 end
 
-redis.call('ZREM', holds_key, id)
-redis.call('HINCRBY', meta_key, 'held', -#r.seatIds)
-redis.call('HINCRBY', meta_key, 'booked', #r.seatIds)
+redis.call('ZREM', K.holds, id)
+redis.call('HINCRBY', K.meta, 'held', -#r.seatIds)
+redis.call('HINCRBY', K.meta, 'booked', #r.seatIds)
 r.state = 'CONFIRMED'
 r.updatedAt = now
-save_reservation(reservations_key, r)
-return {1, cjson.encode(r)}
+record(K, r, 'confirm', 'RESERVED', caller_id, now, log_max)
+save_reservation(K, r)
+return remember(K, {1, cjson.encode(r)}, fingerprint, nonce, idempotency_ttl)

@@ -1,11 +1,10 @@
 -- expire.lua: RESERVED -> EXPIRED for a bounded batch of an event's due holds.
 --
--- KEYS[1] claims        hash, seat id -> id of its active reservation
--- KEYS[2] reservations  hash, reservation id -> reservation JSON
--- KEYS[3] holds         zset, RESERVED reservation id -> expiresAt (ms)
--- KEYS[4] meta          hash, event name and seat counters (held, booked)
+-- KEYS[1..7] the event's keys in the order of common.lua's event_keys: meta, seats,
+--            claims, reservations, holds, customers, log
 --
 -- ARGV[1] batch size: at most this many holds are examined, so one call stays short
+-- ARGV[2] log stream MAXLEN (approximate)
 --
 -- Returns {expired, more, next_due, id, ...}
 --   expired   number of reservations this call moved to EXPIRED
@@ -17,31 +16,31 @@
 -- Entries whose reservation is no longer RESERVED (confirmed or cancelled a moment
 -- ago) are only dropped from the holds set; their state is left as it is.
 
-local claims_key, reservations_key, holds_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local batch = tonumber(ARGV[1])
+local K = event_keys()
+local batch, log_max = tonumber(ARGV[1]), ARGV[2]
 
 local now = now_ms()
-local due = redis.call('ZRANGEBYSCORE', holds_key, '-inf', now, 'LIMIT', 0, batch)
+local due = redis.call('ZRANGEBYSCORE', K.holds, '-inf', now, 'LIMIT', 0, batch)
 local expired = {}
 for _, id in ipairs(due) do
-  local r = load_reservation(reservations_key, id)
+  local r = load_reservation(K, id)
   if r and is_due(r, now) then
-    end_hold(claims_key, holds_key, meta_key, reservations_key, r, 'EXPIRED', now)
+    end_hold(K, r, 'EXPIRED', 'expire', 'system', now, log_max)
     expired[#expired + 1] = id
   elseif r and r.state == 'RESERVED' then
     -- the score lags the reservation (it was extended): put it right
-    redis.call('ZADD', holds_key, r.expiresAt, id)
+    redis.call('ZADD', K.holds, r.expiresAt, id)
   else
-    redis.call('ZREM', holds_key, id)
+    redis.call('ZREM', K.holds, id)
   end
 end
 
 local more = 0
-if #due == batch and #redis.call('ZRANGEBYSCORE', holds_key, '-inf', now, 'LIMIT', 0, 1) > 0 then
+if #due == batch and #redis.call('ZRANGEBYSCORE', K.holds, '-inf', now, 'LIMIT', 0, 1) > 0 then
   more = 1
 end
 local next_due = -1
-local first = redis.call('ZRANGE', holds_key, 0, 0, 'WITHSCORES')
+local first = redis.call('ZRANGE', K.holds, 0, 0, 'WITHSCORES')
 if #first > 0 then
   next_due = tonumber(first[2])
 end

@@ -1,43 +1,59 @@
 -- reserve.lua: RESERVE one or more seats of an event for a customer (all or none).
 --
--- KEYS[1] seats         zset, every seat id of the event (score 0)
--- KEYS[2] claims        hash, seat id -> id of its active reservation
--- KEYS[3] reservations  hash, reservation id -> reservation JSON
--- KEYS[4] holds         zset, RESERVED reservation id -> expiresAt (ms)
--- KEYS[5] meta          hash, event name and seat counters (held, booked)
+-- KEYS[1..7] the event's keys in the order of common.lua's event_keys: meta, seats,
+--            claims, reservations, holds, customers, log
+-- KEYS[8]    the idempotency record of (customer, Idempotency-Key); only with ARGV[6]
 --
 -- ARGV[1] reservation id, chosen by the caller. A retried call with the same id
 --         (redis-py retries after timeouts) finds its own reservation and answers
 --         with it instead of creating a second one.
 -- ARGV[2] customer id
 -- ARGV[3] hold length in ms
--- ARGV[4..] seat ids, no duplicates
+-- ARGV[4] most seats the customer may have active in this event (0 = no limit)
+-- ARGV[5] log stream MAXLEN (approximate)
+-- ARGV[6] request fingerprint for the idempotency key, '' without a key
+-- ARGV[7] how long the idempotency record is kept, in ms
+-- ARGV[8..] seat ids, no duplicates
 --
 -- Returns
 --   {1, json}          created
 --   {2, json}          this id was already created by an earlier call (a retry)
+--   {3, code, ...}     replay: the answer first given for this idempotency key
 --   {-1}               event not found
 --   {-2, seat, ...}    seats that are not part of the event
 --   {-3, seat, ...}    seats held or booked by another active reservation
 --   {-6}               the id exists but belongs to another customer
+--   {-7, limit}        the customer would have more than `limit` active seats
+--   {-8}               the idempotency key was used for a different request
 --
 -- Holds whose time has passed are expired here (lazy expiry) before their seats are
--- claimed, but only once every guard has passed: a refused call writes nothing.
+-- claimed, but only once every guard has passed: a refused call changes no seat and no
+-- reservation (it only remembers its answer under the idempotency key, if one came).
 
-local seats_key, claims_key, reservations_key, holds_key, meta_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local id, customer_id, hold_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local K = event_keys()
+local id, customer_id = ARGV[1], ARGV[2]
+local hold_ms, max_per_customer, log_max = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local fingerprint, idempotency_ttl = ARGV[6], ARGV[7]
+local FIRST_SEAT = 8
 
-local existing = load_reservation(reservations_key, id)
+local answer = idempotent_answer(K, fingerprint, id)
+if answer then
+  return answer
+end
+local function reply(r)
+  return remember(K, r, fingerprint, id, idempotency_ttl)
+end
+
+local existing = load_reservation(K, id)
 if existing then
   if existing.customerId ~= customer_id then
     return {-6}
   end
-  return {2, cjson.encode(existing)}
+  return reply({2, cjson.encode(existing)})
 end
 
-if redis.call('EXISTS', meta_key) == 0 then
-  return {-1}
+if redis.call('EXISTS', K.meta) == 0 then
+  return reply({-1})
 end
 
 local now = now_ms()
@@ -45,15 +61,15 @@ local seat_ids = {}
 local unknown = {}
 local taken = {}
 local stale = {}
-for i = 4, #ARGV do
+for i = FIRST_SEAT, #ARGV do
   local seat = ARGV[i]
   seat_ids[#seat_ids + 1] = seat
-  if not redis.call('ZSCORE', seats_key, seat) then
+  if not redis.call('ZSCORE', K.seats, seat) then
     unknown[#unknown + 1] = seat
   else
-    local holder_id = redis.call('HGET', claims_key, seat)
+    local holder_id = redis.call('HGET', K.claims, seat)
     if holder_id then
-      local holder = load_reservation(reservations_key, holder_id)
+      local holder = load_reservation(K, holder_id)
       if holder and is_due(holder, now) then
         stale[holder_id] = holder
       elseif holder then
@@ -63,30 +79,54 @@ for i = 4, #ARGV do
   end
 end
 if #unknown > 0 then
-  return {-2, unpack(unknown)}
+  return reply({-2, unpack(unknown)})
 end
 if #taken > 0 then
-  return {-3, unpack(taken)}
+  return reply({-3, unpack(taken)})
+end
+
+if max_per_customer > 0 then
+  local active = tonumber(redis.call('HGET', K.customers, customer_id) or '0')
+  if active + #seat_ids > max_per_customer then
+    -- the customer's own due holds no longer count (and are expired below)
+    for _, due_id in ipairs(redis.call('ZRANGEBYSCORE', K.holds, '-inf', now)) do
+      local r = load_reservation(K, due_id)
+      if r and r.customerId == customer_id and is_due(r, now) then
+        stale[due_id] = r
+      end
+    end
+    for _, r in pairs(stale) do
+      if r.customerId == customer_id then
+        active = active - #r.seatIds
+      end
+    end
+    if active + #seat_ids > max_per_customer then
+      return reply({-7, max_per_customer})
+    end
+  end
 end
 
 for _, holder in pairs(stale) do
-  end_hold(claims_key, holds_key, meta_key, reservations_key, holder, 'EXPIRED', now)
+  end_hold(K, holder, 'EXPIRED', 'expire', 'system', now, log_max)
 end
 
 local r = {
   id = id,
-  eventId = redis.call('HGET', meta_key, 'eventId'),
+  eventId = redis.call('HGET', K.meta, 'eventId'),
   seatIds = seat_ids,
   customerId = customer_id,
   state = 'RESERVED',
   createdAt = now,
   expiresAt = now + hold_ms,
   updatedAt = now,
+  history = {},
 }
 for _, seat in ipairs(seat_ids) do
-  redis.call('HSET', claims_key, seat, id)
+  redis.call('HSET', K.claims, seat, id)
 end
-save_reservation(reservations_key, r)
-redis.call('ZADD', holds_key, r.expiresAt, id)
-redis.call('HINCRBY', meta_key, 'held', #seat_ids)
-return {1, cjson.encode(r)}
+redis.call('ZADD', K.holds, r.expiresAt, id)
+redis.call('HINCRBY', K.meta, 'held', #seat_ids)
+add_customer_seats(K, customer_id, #seat_ids)
+record(K, r, 'reserve', nil, customer_id, now, log_max)
+save_reservation(K, r)
+return reply({1, cjson.encode(r)})

@@ -1,9 +1,7 @@
 -- seat_page.lua: read-only. One page of an event's seats with their status.
 --
--- KEYS[1] meta          hash, the event (its existence is checked)
--- KEYS[2] seats         zset, every seat id of the event (score 0, so ordered by id)
--- KEYS[3] claims        hash, seat id -> id of its active reservation
--- KEYS[4] reservations  hash, reservation id -> reservation JSON
+-- KEYS[1..7] the event's keys in the order of common.lua's event_keys: meta, seats,
+--            claims, reservations, holds, customers, log (seats are ordered by id)
 --
 -- ARGV[1] cursor: the last seat id of the previous page, '' for the first page
 -- ARGV[2] page size
@@ -13,8 +11,8 @@
 --                                      due counts as free
 --   {-1}                               event not found
 
-local meta_key, seats_key, claims_key, reservations_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-if redis.call('EXISTS', meta_key) == 0 then
+local K = event_keys()
+if redis.call('EXISTS', K.meta) == 0 then
   return {-1}
 end
 local low = '-'
@@ -23,11 +21,11 @@ if ARGV[1] ~= '' then
 end
 local now = now_ms()
 local out = {}
-for _, seat in ipairs(redis.call('ZRANGEBYLEX', seats_key, low, '+', 'LIMIT', 0, tonumber(ARGV[2]))) do
+for _, seat in ipairs(redis.call('ZRANGEBYLEX', K.seats, low, '+', 'LIMIT', 0, tonumber(ARGV[2]))) do
   local status = 'free'
-  local holder_id = redis.call('HGET', claims_key, seat)
+  local holder_id = redis.call('HGET', K.claims, seat)
   if holder_id then
-    local r = load_reservation(reservations_key, holder_id)
+    local r = load_reservation(K, holder_id)
     if r and r.state == 'CONFIRMED' then
       status = 'booked'
     elseif r and r.state == 'RESERVED' and r.expiresAt > now then

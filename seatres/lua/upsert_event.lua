@@ -1,14 +1,12 @@
 -- upsert_event.lua: create an event or replace its name and seat list.
 --
--- KEYS[1] meta          hash, eventId, name, createdAt and seat counters (held, booked)
--- KEYS[2] seats         zset, every seat id of the event (score 0)
--- KEYS[3] claims        hash, seat id -> id of its active reservation
--- KEYS[4] reservations  hash, reservation id -> reservation JSON
--- KEYS[5] holds         zset, RESERVED reservation id -> expiresAt (ms)
+-- KEYS[1..7] the event's keys in the order of common.lua's event_keys: meta, seats,
+--            claims, reservations, holds, customers, log
 --
 -- ARGV[1] event id
 -- ARGV[2] event name
--- ARGV[3..] the complete seat list, no duplicates. Seats missing from it are removed.
+-- ARGV[3] log stream MAXLEN (approximate)
+-- ARGV[4..] the complete seat list, no duplicates. Seats missing from it are removed.
 --
 -- Returns
 --   {1, added, removed}   the event was created
@@ -18,13 +16,13 @@
 -- Runs in one call for up to 100,000 seats: the caller makes one round trip, and Lua's
 -- unpack is fed in chunks because its stack holds a few thousand values at most.
 
-local meta_key, seats_key, claims_key, reservations_key, holds_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local event_id, name = ARGV[1], ARGV[2]
+local K = event_keys()
+local event_id, name, log_max = ARGV[1], ARGV[2], ARGV[3]
+local FIRST_SEAT = 4
 local CHUNK = 4000
 
 local wanted = {}
-for i = 3, #ARGV do
+for i = FIRST_SEAT, #ARGV do
   wanted[ARGV[i]] = true
 end
 
@@ -32,14 +30,14 @@ local now = now_ms()
 local removed = {}
 local taken = {}
 local stale = {}
-for _, seat in ipairs(redis.call('ZRANGE', seats_key, 0, -1)) do
+for _, seat in ipairs(redis.call('ZRANGE', K.seats, 0, -1)) do
   if wanted[seat] then
     wanted[seat] = nil
   else
     removed[#removed + 1] = seat
-    local holder_id = redis.call('HGET', claims_key, seat)
+    local holder_id = redis.call('HGET', K.claims, seat)
     if holder_id then
-      local holder = load_reservation(reservations_key, holder_id)
+      local holder = load_reservation(K, holder_id)
       if holder and is_due(holder, now) then
         stale[holder_id] = holder
       elseif holder then
@@ -52,24 +50,24 @@ if #taken > 0 then
   return {-3, unpack(taken, 1, math.min(#taken, CHUNK))}
 end
 
-local created = redis.call('EXISTS', meta_key) == 0 and 1 or 2
+local created = redis.call('EXISTS', K.meta) == 0 and 1 or 2
 for _, holder in pairs(stale) do
-  end_hold(claims_key, holds_key, meta_key, reservations_key, holder, 'EXPIRED', now)
+  end_hold(K, holder, 'EXPIRED', 'expire', 'system', now, log_max)
 end
 if created == 1 then
-  redis.call('HSET', meta_key, 'eventId', event_id, 'createdAt', now, 'held', 0, 'booked', 0)
+  redis.call('HSET', K.meta, 'eventId', event_id, 'createdAt', now, 'held', 0, 'booked', 0)
 end
-redis.call('HSET', meta_key, 'name', name, 'updatedAt', now)
+redis.call('HSET', K.meta, 'name', name, 'updatedAt', now)
 
 local batch = {}
 local added = 0
 local function flush_add()
   if #batch > 0 then
-    added = added + redis.call('ZADD', seats_key, unpack(batch))
+    added = added + redis.call('ZADD', K.seats, unpack(batch))
     batch = {}
   end
 end
-for i = 3, #ARGV do
+for i = FIRST_SEAT, #ARGV do
   if wanted[ARGV[i]] then
     batch[#batch + 1] = 0
     batch[#batch + 1] = ARGV[i]
@@ -81,6 +79,6 @@ end
 flush_add()
 
 for i = 1, #removed, CHUNK do
-  redis.call('ZREM', seats_key, unpack(removed, i, math.min(i + CHUNK - 1, #removed)))
+  redis.call('ZREM', K.seats, unpack(removed, i, math.min(i + CHUNK - 1, #removed)))
 end
 return {created, added, #removed}

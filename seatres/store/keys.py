@@ -4,6 +4,7 @@ Every key of one event carries the hash tag {evt:<eventId>}, so each transition 
 keys of a single Redis Cluster slot. The sweep index spans events and lives in its own
 slot ({sweep}); no script ever touches both."""
 
+import hashlib
 from typing import NamedTuple
 
 PREFIX = "seatres"
@@ -15,19 +16,36 @@ SWEEP_CLAIMED = f"{PREFIX}:{{sweep}}:claimed"
 
 
 class EventKeys(NamedTuple):
+    """In the order every event script receives them (seatres/lua/common.lua)."""
+
     meta: str  # hash: eventId, name, createdAt, updatedAt, held, booked
     seats: str  # zset: seat id -> 0 (all seats, ordered by id)
     claims: str  # hash: seat id -> id of the seat's active reservation
     reservations: str  # hash: reservation id -> reservation JSON
     holds: str  # zset: id of a RESERVED reservation -> expiresAt (ms)
+    customers: str  # hash: customer id -> seats in the customer's active reservations
+    log: str  # stream: every state change, capped with MAXLEN ~
+
+
+def event_tag(event_id: str) -> str:
+    return f"{PREFIX}:{{evt:{event_id}}}"
 
 
 def event_keys(event_id: str) -> EventKeys:
-    tag = f"{PREFIX}:{{evt:{event_id}}}"
+    tag = event_tag(event_id)
     return EventKeys(
         meta=f"{tag}:meta",
         seats=f"{tag}:seats",
         claims=f"{tag}:claims",
         reservations=f"{tag}:reservations",
         holds=f"{tag}:holds",
+        customers=f"{tag}:customers",
+        log=f"{tag}:log",
     )
+
+
+def idempotency_key(event_id: str, customer_id: str, key: str) -> str:
+    """string: the remembered answer of one customer's Idempotency-Key (with a TTL).
+    Hashed, so that any printable key makes a short, safe key name."""
+    digest = hashlib.sha256(f"{customer_id}\0{key}".encode()).hexdigest()[:32]
+    return f"{event_tag(event_id)}:idem:{digest}"

@@ -1,12 +1,13 @@
 """RedisStore: the domain's store, one Lua script per transition.
 
 Result codes of the scripts are mapped to domain errors here and nowhere else
-(`_raise_for`). Connection trouble becomes StoreUnavailable (503), never a 500."""
+(`_error_for`). Connection trouble becomes StoreUnavailable (503), never a 500."""
 
+import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -20,7 +21,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from seatres.domain.errors import (
+    DomainError,
+    IdempotencyKeyMismatch,
     InvalidTransition,
+    LimitExceeded,
     NotFound,
     ReservationExpired,
     SeatUnavailable,
@@ -28,8 +32,11 @@ from seatres.domain.errors import (
 )
 from seatres.domain.models import (
     Caller,
+    Change,
     EventSummary,
     EventUpsert,
+    IdempotencyKey,
+    Outcome,
     Reservation,
     SeatCounts,
     SeatPage,
@@ -42,33 +49,53 @@ from seatres.store import keys, scripts
 # Script result codes (see the header of each file in seatres/lua).
 CREATED = 1
 UNCHANGED = 2
+REPLAYED = 3
 EVENT_NOT_FOUND = -1
 UNKNOWN_SEATS = -2
 SEATS_TAKEN = -3
 INVALID_TRANSITION = -4
 EXPIRED = -5
 NOT_OWNER = -6
+LIMIT_EXCEEDED = -7
+IDEMPOTENCY_MISMATCH = -8
 
 # An event claimed by a sweep that died is handed to another sweep after this long.
 SWEEP_LEASE_MS = 90_000
 
 
-def _raise_for(code: int, payload: Sequence[Any], what: str) -> NoReturn:
+def _error_for(code: int, payload: Sequence[Any], what: str) -> DomainError:
     """The one place where a script's refusal becomes a domain error."""
-    if code == EVENT_NOT_FOUND:
-        raise NotFound(f"{what} not found")
+    if code in (EVENT_NOT_FOUND, NOT_OWNER):
+        return NotFound(f"{what} not found")
     if code == UNKNOWN_SEATS:
-        raise NotFound(f"Seats not found in this event: {', '.join(payload)}", seatIds=payload)
+        return NotFound(f"Seats not found in this event: {', '.join(payload)}", seatIds=payload)
     if code == SEATS_TAKEN:
-        raise SeatUnavailable(list(payload))
+        return SeatUnavailable(list(payload))
     if code == INVALID_TRANSITION:
         state = _reservation(payload[0]).state.value
-        raise InvalidTransition(f"A {state} reservation cannot make this transition")
+        return InvalidTransition(f"A {state} reservation cannot make this transition")
     if code == EXPIRED:
-        raise ReservationExpired("The hold expired; its seats are free again")
-    if code == NOT_OWNER:
-        raise NotFound("Reservation not found")
+        return ReservationExpired("The hold expired; its seats are free again")
+    if code == LIMIT_EXCEEDED:
+        return LimitExceeded(f"Over the limit of {payload[0]}", limit=int(payload[0]))
+    if code == IDEMPOTENCY_MISMATCH:
+        return IdempotencyKeyMismatch(
+            "This Idempotency-Key was already used for a different request"
+        )
     raise RuntimeError(f"unknown result code {code} from the store")
+
+
+def _outcome(result: Sequence[Any], what: str) -> Outcome:
+    """A transition script's reply as an Outcome, or its refusal raised as a domain error."""
+    replayed = int(result[0]) == REPLAYED
+    if replayed:
+        result = result[1:]
+    code = int(result[0])
+    if code < 0:
+        error = _error_for(code, result[1:], what)
+        error.replayed = replayed
+        raise error
+    return Outcome(_reservation(result[1]), replayed)
 
 
 def _reservation(raw: str) -> Reservation:
@@ -82,6 +109,17 @@ def _reservation(raw: str) -> Reservation:
         created_at_ms=int(data["createdAt"]),
         expires_at_ms=int(data["expiresAt"]),
         updated_at_ms=int(data["updatedAt"]),
+        history=tuple(_change(c) for c in data.get("history", ())),
+    )
+
+
+def _change(data: dict[str, Any]) -> Change:
+    return Change(
+        at_ms=int(data["at"]),
+        action=data["action"],
+        from_state=ReservationState(data["from"]) if "from" in data else None,
+        to_state=ReservationState(data["to"]),
+        by=data["by"],
     )
 
 
@@ -98,8 +136,15 @@ async def _unavailable_on_failure() -> AsyncIterator[None]:
 
 
 class RedisStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        log_max_length: int = 100_000,
+        idempotency_ttl_ms: int = 86_400_000,
+    ) -> None:
         self._redis = redis
+        self._log_max_length = log_max_length
+        self._idempotency_ttl_ms = idempotency_ttl_ms
 
     async def ping(self) -> None:
         async with _unavailable_on_failure():
@@ -107,25 +152,32 @@ class RedisStore:
             if not await scripts.scripts_loaded(self._redis):
                 await scripts.load_all(self._redis)
 
-    async def _run(self, name: str, event_keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def _run(self, name: str, script_keys: Sequence[str], args: Sequence[str | int]) -> Any:
         async with _unavailable_on_failure():
-            return await scripts.run(self._redis, name, event_keys, args)
+            return await scripts.run(self._redis, name, script_keys, args)
+
+    def _idempotency(
+        self, event_id: str, caller_id: str, idempotency: IdempotencyKey | None
+    ) -> tuple[list[str], list[str | int]]:
+        """The extra key and the ARGV tail (fingerprint, ttl) of an idempotent call."""
+        if idempotency is None:
+            return [], ["", self._idempotency_ttl_ms]
+        record = keys.idempotency_key(event_id, caller_id, idempotency.key)
+        return [record], [idempotency.fingerprint, self._idempotency_ttl_ms]
 
     async def upsert_event(self, event_id: str, name: str, seat_ids: Sequence[str]) -> EventUpsert:
-        k = keys.event_keys(event_id)
         result = await self._run(
             "upsert_event",
-            [k.meta, k.seats, k.claims, k.reservations, k.holds],
-            [event_id, name, *seat_ids],
+            keys.event_keys(event_id),
+            [event_id, name, self._log_max_length, *seat_ids],
         )
         code = int(result[0])
         if code < 0:
-            _raise_for(code, result[1:], "Event")
+            raise _error_for(code, result[1:], "Event")
         return EventUpsert(created=code == CREATED, added=int(result[1]), removed=int(result[2]))
 
     async def event_summary(self, event_id: str) -> EventSummary:
-        k = keys.event_keys(event_id)
-        result = await self._run("event_summary", [k.meta, k.seats, k.reservations, k.holds], [])
+        result = await self._run("event_summary", keys.event_keys(event_id), [])
         if not result:
             raise NotFound("Event not found")
         name, total, held, booked = result[0], int(result[1]), int(result[2]), int(result[3])
@@ -133,10 +185,7 @@ class RedisStore:
         return EventSummary(event_id=event_id, name=name, seats=counts)
 
     async def seat_page(self, event_id: str, cursor: str | None, limit: int) -> SeatPage:
-        k = keys.event_keys(event_id)
-        result = await self._run(
-            "seat_page", [k.meta, k.seats, k.claims, k.reservations], [cursor or "", limit]
-        )
+        result = await self._run("seat_page", keys.event_keys(event_id), [cursor or "", limit])
         if result and result[0] == EVENT_NOT_FOUND:
             raise NotFound("Event not found")
         seats = tuple((result[i], SeatStatus(result[i + 1])) for i in range(0, len(result), 2))
@@ -150,22 +199,22 @@ class RedisStore:
         customer_id: str,
         seat_ids: Sequence[str],
         hold_ms: int,
-    ) -> Reservation:
-        k = keys.event_keys(event_id)
+        max_seats_per_customer: int = 0,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Outcome:
         s = scripts.script("reserve")
-        call = [
-            s.sha,
-            5,
-            k.seats,
-            k.claims,
-            k.reservations,
-            k.holds,
-            k.meta,
+        extra_key, idempotency_args = self._idempotency(event_id, customer_id, idempotency)
+        script_keys = [*keys.event_keys(event_id), *extra_key]
+        args = [
             reservation_id,
             customer_id,
             hold_ms,
+            max_seats_per_customer,
+            self._log_max_length,
+            *idempotency_args,
             *seat_ids,
         ]
+        call = ["EVALSHA", s.sha, len(script_keys), *script_keys, *args]
         # The sweep index lives in another slot, so it is written beside the script,
         # in the same round trip. Its score is this host's estimate of the expiry; the
         # sweep re-reads the true one from the event's holds set.
@@ -173,7 +222,7 @@ class RedisStore:
         async with _unavailable_on_failure():
             for _ in range(2):
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.execute_command("EVALSHA", *call)
+                    pipe.execute_command(*call)
                     pipe.zadd(keys.SWEEP_DUE, {event_id: due_estimate}, lt=True)
                     result, _indexed = await pipe.execute(raise_on_error=False)
                 if isinstance(result, NoScriptError):
@@ -182,26 +231,68 @@ class RedisStore:
                 if isinstance(result, Exception):
                     raise result
                 break
-        code = int(result[0])
-        if code < 0:
-            _raise_for(code, result[1:], "Event")
-        return _reservation(result[1])
+        return _outcome(result, "Event")
 
     async def transition(
-        self, event_id: str, reservation_id: str, transition: Transition, caller: Caller
-    ) -> Reservation:
+        self,
+        event_id: str,
+        reservation_id: str,
+        transition: Transition,
+        caller: Caller,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Outcome:
         if transition is Transition.EXPIRE:
             raise ValueError("expiry is the sweep's job: use expire_batch")
-        k = keys.event_keys(event_id)
-        result = await self._run(
-            transition.value,
-            [k.claims, k.reservations, k.holds, k.meta],
-            [reservation_id, caller.customer_id, "1" if caller.is_admin else "0"],
+        return await self._change(
+            transition.value, event_id, reservation_id, caller, idempotency, []
         )
-        code = int(result[0])
-        if code < 0:
-            _raise_for(code, result[1:], "Reservation")
-        return _reservation(result[1])
+
+    async def extend(
+        self,
+        event_id: str,
+        reservation_id: str,
+        caller: Caller,
+        extra_ms: int,
+        max_hold_ms: int,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Outcome:
+        try:
+            return await self._change(
+                "extend", event_id, reservation_id, caller, idempotency, [extra_ms, max_hold_ms]
+            )
+        except LimitExceeded as exc:
+            seconds = max_hold_ms // 1000
+            error = LimitExceeded(f"A hold may last at most {seconds} seconds", limit=seconds)
+            error.replayed = exc.replayed
+            raise error from None
+
+    async def _change(
+        self,
+        script: str,
+        event_id: str,
+        reservation_id: str,
+        caller: Caller,
+        idempotency: IdempotencyKey | None,
+        extra_args: Sequence[int],
+    ) -> Outcome:
+        """confirm, cancel and extend share their calling convention (see their headers)."""
+        extra_key, idempotency_args = self._idempotency(event_id, caller.customer_id, idempotency)
+        # Tells a redis-py retry of this very call (same nonce) from a later replay.
+        nonce = secrets.token_urlsafe(12)
+        result = await self._run(
+            script,
+            [*keys.event_keys(event_id), *extra_key],
+            [
+                reservation_id,
+                caller.customer_id,
+                "1" if caller.is_admin else "0",
+                self._log_max_length,
+                nonce,
+                *idempotency_args,
+                *extra_args,
+            ],
+        )
+        return _outcome(result, "Reservation")
 
     async def get_reservation(
         self, event_id: str, reservation_id: str
@@ -223,9 +314,8 @@ class RedisStore:
         return list(dict.fromkeys(result))
 
     async def expire_batch(self, event_id: str, batch_size: int) -> SweepBatch:
-        k = keys.event_keys(event_id)
         result = await self._run(
-            "expire", [k.claims, k.reservations, k.holds, k.meta], [batch_size]
+            "expire", keys.event_keys(event_id), [batch_size, self._log_max_length]
         )
         next_due = int(result[2])
         return SweepBatch(

@@ -35,6 +35,7 @@ SCRIPT_NAMES = (
     "reserve",
     "confirm",
     "cancel",
+    "extend",
     "expire",
     "upsert_event",
     "event_summary",
