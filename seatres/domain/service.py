@@ -129,7 +129,12 @@ class ReservationService:
         event_id = ids.event_of_reservation(reservation_id)
         owner_only = Caller(caller.customer_id, is_admin=False)
         return await self._store.extend(
-            event_id, reservation_id, owner_only, seconds * 1000, self._rules.max_hold_ms, idempotency
+            event_id,
+            reservation_id,
+            owner_only,
+            seconds * 1000,
+            self._rules.max_hold_ms,
+            idempotency,
         )
 
     async def get(self, caller: Caller, reservation_id: str) -> tuple[Reservation, int]:

@@ -45,6 +45,7 @@ from seatres.domain.models import (
 )
 from seatres.domain.states import ReservationState, Transition
 from seatres.store import keys, scripts
+from seatres.store.batching import TickBatcher
 
 # Script result codes (see the header of each file in seatres/lua).
 CREATED = 1
@@ -143,6 +144,7 @@ class RedisStore:
         idempotency_ttl_ms: int = 86_400_000,
     ) -> None:
         self._redis = redis
+        self._batcher = TickBatcher(redis)
         self._log_max_length = log_max_length
         self._idempotency_ttl_ms = idempotency_ttl_ms
 
@@ -152,9 +154,26 @@ class RedisStore:
             if not await scripts.scripts_loaded(self._redis):
                 await scripts.load_all(self._redis)
 
-    async def _run(self, name: str, script_keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def _run(
+        self,
+        name: str,
+        script_keys: Sequence[str],
+        args: Sequence[str | int],
+        *beside: tuple[Any, ...],
+    ) -> Any:
+        """EVALSHA through the tick batcher, with any `beside` commands in the same round
+        trip (their replies are not looked at); NOSCRIPT loads the script and sends again."""
+        s = scripts.script(name)
+        call = ("EVALSHA", s.sha, len(script_keys), *script_keys, *args)
         async with _unavailable_on_failure():
-            return await scripts.run(self._redis, name, script_keys, args)
+            for _ in range(2):
+                reply, *_ = await self._batcher.submit(call, *beside)
+                if not isinstance(reply, NoScriptError):
+                    break
+                await self._redis.script_load(s.source)
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
 
     def _idempotency(
         self, event_id: str, caller_id: str, idempotency: IdempotencyKey | None
@@ -202,9 +221,7 @@ class RedisStore:
         max_seats_per_customer: int = 0,
         idempotency: IdempotencyKey | None = None,
     ) -> Outcome:
-        s = scripts.script("reserve")
         extra_key, idempotency_args = self._idempotency(event_id, customer_id, idempotency)
-        script_keys = [*keys.event_keys(event_id), *extra_key]
         args = [
             reservation_id,
             customer_id,
@@ -214,23 +231,12 @@ class RedisStore:
             *idempotency_args,
             *seat_ids,
         ]
-        call = ["EVALSHA", s.sha, len(script_keys), *script_keys, *args]
         # The sweep index lives in another slot, so it is written beside the script,
         # in the same round trip. Its score is this host's estimate of the expiry; the
         # sweep re-reads the true one from the event's holds set.
         due_estimate = int(time.time() * 1000) + hold_ms
-        async with _unavailable_on_failure():
-            for _ in range(2):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.execute_command(*call)
-                    pipe.zadd(keys.SWEEP_DUE, {event_id: due_estimate}, lt=True)
-                    result, _indexed = await pipe.execute(raise_on_error=False)
-                if isinstance(result, NoScriptError):
-                    await self._redis.script_load(s.source)
-                    continue
-                if isinstance(result, Exception):
-                    raise result
-                break
+        index = ("ZADD", keys.SWEEP_DUE, "LT", due_estimate, event_id)
+        result = await self._run("reserve", [*keys.event_keys(event_id), *extra_key], args, index)
         return _outcome(result, "Event")
 
     async def transition(
@@ -298,10 +304,14 @@ class RedisStore:
         self, event_id: str, reservation_id: str
     ) -> tuple[Reservation | None, int]:
         k = keys.event_keys(event_id)
-        async with _unavailable_on_failure(), self._redis.pipeline(transaction=False) as pipe:
-            pipe.hget(k.reservations, reservation_id)
-            pipe.time()
-            raw, (seconds, micros) = await pipe.execute()
+        async with _unavailable_on_failure():
+            raw, clock = await self._batcher.submit(
+                ("HGET", k.reservations, reservation_id), ("TIME",)
+            )
+            for reply in (raw, clock):
+                if isinstance(reply, Exception):
+                    raise reply
+        seconds, micros = clock
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         return (_reservation(raw) if raw else None), now_ms
 

@@ -1,18 +1,13 @@
-"""Lua scripts shipped as package data: loaded once, called by SHA.
-
-Each script is common.lua followed by the script's own file. EVALSHA is sent first; a
-NOSCRIPT answer (Redis restarted, SCRIPT FLUSH, a new replica) loads the script and
-sends the same call once more."""
+"""Lua scripts shipped as package data: each is common.lua followed by the script's own
+file, loaded once per Redis and called by SHA (RedisStore loads a script again when
+Redis answers NOSCRIPT: after a restart, a SCRIPT FLUSH or a failover)."""
 
 import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 
 @dataclass(frozen=True)
@@ -52,12 +47,3 @@ async def load_all(redis: Redis) -> None:
 async def scripts_loaded(redis: Redis) -> bool:
     shas = [script(name).sha for name in SCRIPT_NAMES]
     return all(await redis.script_exists(*shas))
-
-
-async def run(redis: Redis, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-    s = script(name)
-    try:
-        return await redis.evalsha(s.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        await redis.script_load(s.source)
-        return await redis.evalsha(s.sha, len(keys), *keys, *args)
