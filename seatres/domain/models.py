@@ -102,3 +102,11 @@ class SweepBatch:
     expired_ids: tuple[str, ...]
     more_due: bool
     next_due_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An event a sweep owns until lease_until_ms (then another sweep may take it)."""
+
+    event_id: str
+    lease_until_ms: int

@@ -6,6 +6,7 @@ from typing import Protocol
 
 from seatres.domain.models import (
     Caller,
+    Claim,
     EventSummary,
     EventUpsert,
     IdempotencyKey,
@@ -69,8 +70,10 @@ class ReservationStore(Protocol):
 
 
 class ExpiryStore(Protocol):
-    async def claim_due_events(self, limit: int) -> list[str]: ...
+    async def claim_due_events(self, limit: int) -> list[Claim]: ...
 
     async def expire_batch(self, event_id: str, batch_size: int) -> SweepBatch: ...
 
-    async def release_event(self, event_id: str, next_due_ms: int | None) -> None: ...
+    async def release_event(self, claim: Claim, next_due_ms: int | None) -> None:
+        """Re-index the event (next_due_ms) and drop the claim if it is still this one."""
+        ...

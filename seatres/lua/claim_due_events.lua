@@ -6,25 +6,26 @@
 -- ARGV[1] lease in ms: how long the caller owns the events it gets
 -- ARGV[2] at most this many events
 --
--- Returns {eventId, ...}: events whose due time has come, moved from `due` to
--- `claimed`, plus events whose earlier claim ran out (their sweep died).
+-- Returns {lease_until, eventId, ...}: the end of the caller's lease (ms), then the
+-- events whose due time has come, moved from `due` to `claimed`, plus events whose
+-- earlier claim ran out (their sweep died).
 --
--- The caller gives each event back with release (ZREM claimed + ZADD due LT next).
--- Reservations that arrive meanwhile ZADD the event to `due` again, so a claim can
--- never hide a newer hold from the next sweep.
+-- The caller gives each event back with release_event.lua. Reservations that arrive
+-- meanwhile ZADD the event to `due` again, so a claim never hides a newer hold.
 
 local due_key, claimed_key = KEYS[1], KEYS[2]
 local lease, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
+local lease_until = now + lease
 
 local events = redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'LIMIT', 0, limit)
 local orphans = redis.call('ZRANGEBYSCORE', claimed_key, '-inf', now, 'LIMIT', 0, limit)
 for _, event_id in ipairs(events) do
   redis.call('ZREM', due_key, event_id)
-  redis.call('ZADD', claimed_key, now + lease, event_id)
+  redis.call('ZADD', claimed_key, lease_until, event_id)
 end
 for _, event_id in ipairs(orphans) do
-  redis.call('ZADD', claimed_key, now + lease, event_id)
+  redis.call('ZADD', claimed_key, lease_until, event_id)
   events[#events + 1] = event_id
 end
-return events
+return {lease_until, unpack(events)}

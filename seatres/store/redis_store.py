@@ -33,6 +33,7 @@ from seatres.domain.errors import (
 from seatres.domain.models import (
     Caller,
     Change,
+    Claim,
     EventSummary,
     EventUpsert,
     IdempotencyKey,
@@ -317,11 +318,12 @@ class RedisStore:
 
     # The sweep's side (seatres.jobs.sweep)
 
-    async def claim_due_events(self, limit: int) -> list[str]:
+    async def claim_due_events(self, limit: int) -> list[Claim]:
         result = await self._run(
             "claim_due_events", [keys.SWEEP_DUE, keys.SWEEP_CLAIMED], [SWEEP_LEASE_MS, limit]
         )
-        return list(dict.fromkeys(result))
+        lease_until = int(result[0])
+        return [Claim(event_id, lease_until) for event_id in dict.fromkeys(result[1:])]
 
     async def expire_batch(self, event_id: str, batch_size: int) -> SweepBatch:
         result = await self._run(
@@ -334,9 +336,9 @@ class RedisStore:
             next_due_ms=None if next_due < 0 else next_due,
         )
 
-    async def release_event(self, event_id: str, next_due_ms: int | None) -> None:
-        async with _unavailable_on_failure(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(keys.SWEEP_CLAIMED, event_id)
-            if next_due_ms is not None:
-                pipe.zadd(keys.SWEEP_DUE, {event_id: next_due_ms}, lt=True)
-            await pipe.execute()
+    async def release_event(self, claim: Claim, next_due_ms: int | None) -> None:
+        await self._run(
+            "release_event",
+            [keys.SWEEP_DUE, keys.SWEEP_CLAIMED],
+            [claim.event_id, claim.lease_until_ms, "" if next_due_ms is None else next_due_ms],
+        )

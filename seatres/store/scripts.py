@@ -36,6 +36,7 @@ SCRIPT_NAMES = (
     "event_summary",
     "seat_page",
     "claim_due_events",
+    "release_event",
 )
 
 
