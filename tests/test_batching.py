@@ -70,10 +70,12 @@ def test_an_error_reply_reaches_only_its_caller(backend: Backend) -> None:
 
 def test_a_failed_round_trip_reaches_every_caller() -> None:
     from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     async def run() -> list[Any]:
-        redis = Redis(port=1, socket_connect_timeout=0.2)
+        redis = Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
         batcher = TickBatcher(redis)
         try:
             return await asyncio.gather(
