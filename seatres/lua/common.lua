@@ -40,6 +40,22 @@ local function is_due(r, now)
   return r.state == 'RESERVED' and r.expiresAt <= now
 end
 
+-- Whether the active reservation that claims a seat still holds it at `now`. Returns
+-- true, or false and that reservation when its hold is due (to be expired lazily).
+-- Looks at the hold's score first (a CONFIRMED reservation has none), and decodes the
+-- reservation only when the hold is due: on a burst most calls end in a conflict here.
+local function claim_is_live(K, holder_id, now)
+  local expires_at = redis.call('ZSCORE', K.holds, holder_id)
+  if not expires_at or tonumber(expires_at) > now then
+    return true
+  end
+  local holder = load_reservation(K, holder_id)
+  if holder and is_due(holder, now) then
+    return false, holder
+  end
+  return true
+end
+
 local function may_access(r, caller_id, is_admin)
   return is_admin == '1' or r.customerId == caller_id
 end

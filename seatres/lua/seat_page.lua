@@ -25,10 +25,11 @@ for _, seat in ipairs(redis.call('ZRANGEBYLEX', K.seats, low, '+', 'LIMIT', 0, t
   local status = 'free'
   local holder_id = redis.call('HGET', K.claims, seat)
   if holder_id then
-    local r = load_reservation(K, holder_id)
-    if r and r.state == 'CONFIRMED' then
+    -- a claim belongs to an active reservation: RESERVED ones have a hold, CONFIRMED none
+    local expires_at = redis.call('ZSCORE', K.holds, holder_id)
+    if not expires_at then
       status = 'booked'
-    elseif r and r.state == 'RESERVED' and r.expiresAt > now then
+    elseif tonumber(expires_at) > now then
       status = 'held'
     end
   end

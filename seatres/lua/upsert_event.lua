@@ -37,11 +37,11 @@ for _, seat in ipairs(redis.call('ZRANGE', K.seats, 0, -1)) do
     removed[#removed + 1] = seat
     local holder_id = redis.call('HGET', K.claims, seat)
     if holder_id then
-      local holder = load_reservation(K, holder_id)
-      if holder and is_due(holder, now) then
-        stale[holder_id] = holder
-      elseif holder then
+      local live, due_holder = claim_is_live(K, holder_id, now)
+      if live then
         taken[#taken + 1] = seat
+      else
+        stale[holder_id] = due_holder
       end
     end
   end

@@ -1,0 +1,1212 @@
+"""The flash-sale benchmark: a burst of POST /reservations against a real `seatres serve`
+and a real Redis, beside the two ceilings it is measured against, then a check from
+Redis that no seat was booked twice.
+
+    .venv/bin/python bench/burst.py [--workers 2] [--connections 64] [--duration 10] ...
+
+Phases, all with the same server workers and the same connection count:
+
+  healthz   wrk, GET /healthz: the HTTP ceiling (no Redis, no token)
+  reserve   wrk, POST /reservations on random seats of a fresh event, random customers
+            (the per-customer limit is off), then the check below
+  confirm   wrk, POST /reservations/{id}/confirm, each on its own fresh hold
+  cancel    wrk, POST /reservations/{id}/cancel, likewise
+  redis     redis-benchmark straight at Redis: EVALSHA of `return 1` (bare, and with
+            the reserve call's keys and arguments), and the reserve script itself on
+            a fresh event, random seats (so most calls are conflicts, as in the burst)
+
+It prints one table (requests/s, p50, p99, answers, CPU of Redis / API / load generator)
+and the ratios the issue sets targets for; --json writes the same numbers as JSON.
+Exit status: 0 fine, 1 the check found a broken invariant, 2 the bench could not run,
+3 the invariant holds but there were answers other than 2xx / 409 or socket errors.
+
+Only 127.0.0.1 is used. Every process started here is stopped by its PID on the way out,
+Ctrl-C included. wrk and redis-tools are installed with apt-get when missing."""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import resource
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO, cast
+
+import redis
+from redis.asyncio import Redis as AsyncRedis
+
+from seatres import tokens
+from seatres.domain.ids import new_reservation_id
+from seatres.embedded import RedisServer, free_port, redis_server_binary
+from seatres.store import keys
+from seatres.store.redis_store import RedisStore
+from seatres.store.scripts import script
+
+BENCH_DIR = Path(__file__).resolve().parent
+WRK_DIR = BENCH_DIR / "wrk"
+HOST = "127.0.0.1"
+
+# Server settings of the run (everything else is the service's default).
+HOLD_SECONDS = 3600  # no hold made during the run expires during it
+LOG_MAX_LENGTH = 100_000  # SEATRES_LOG_MAX_LENGTH default, passed to the script in `redis`
+IDEMPOTENCY_TTL_MS = 86_400_000  # SEATRES_IDEMPOTENCY_TTL_SECONDS default, in ms
+EVENT_CHUNK = 50_000  # seats per event for the confirm / cancel holds (PUT takes 100,000)
+WARMUP_SECONDS = 2
+WRK_TIMEOUT = "10s"
+ACTIVE = ("RESERVED", "CONFIRMED")
+
+EXIT_OK, EXIT_BROKEN, EXIT_CANNOT_RUN, EXIT_UNEXPECTED = 0, 1, 2, 3
+
+START = time.monotonic()
+
+
+class BenchError(RuntimeError):
+    """The bench itself could not run (exit 2)."""
+
+
+def log(message: str) -> None:
+    print(f"[{time.monotonic() - START:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def seat_id(i: int) -> str:
+    # 12 digits: the shape of redis-benchmark's __rand_int__, so both tools name seats alike
+    return f"s{i:012d}"
+
+
+def customer_id(i: int) -> str:
+    return f"cust{i:05d}"
+
+
+# -- tools -------------------------------------------------------------------------
+
+
+def ensure_tools() -> None:
+    """wrk and redis-benchmark from Debian's packages, installed only when missing."""
+    missing = [
+        pkg
+        for tool, pkg in (("wrk", "wrk"), ("redis-benchmark", "redis-tools"))
+        if shutil.which(tool) is None
+    ]
+    if not missing:
+        return
+    log(f"installing {' '.join(missing)} with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", *missing]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise BenchError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    for tool in ("wrk", "redis-benchmark"):
+        if shutil.which(tool) is None:
+            raise BenchError(f"{tool} still missing after apt-get install")
+
+
+def tool_version(cmd: Sequence[str]) -> str:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "?"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0] if lines else "?"
+
+
+# -- processes and CPU ---------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on; None when the process is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = _stat_fields(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def start_time(pid: int) -> str | None:
+    fields = _stat_fields(pid)
+    return None if fields is None else fields[19]
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def is_worker(pid: int) -> bool:
+    """A uvicorn worker: a multiprocessing child (not its resource tracker)."""
+    try:
+        return b"--multiprocessing-fork" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if the bench dies without cleaning up (SIGKILL)."""
+    import ctypes
+
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; then SIGKILL to any of its descendants
+    (uvicorn's workers) that outlived it: all by PID, checked against their start time."""
+    family = [(pid, start_time(pid)) for pid in descendants(proc.pid)]
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pid, started in family:
+        if started is not None and start_time(pid) == started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@dataclass
+class Usage:
+    """What one phase cost: CPU in % of one core, and Redis's own time per EVALSHA."""
+
+    redis: float = 0.0
+    api: float = 0.0  # seatres serve: the uvicorn supervisor and its workers
+    loadgen: float = 0.0  # wrk or redis-benchmark
+    # the API's CPU by uvicorn worker, and the open client connections each one served
+    # half-way through the phase (uvicorn's workers share one listening socket: whichever
+    # accepts a connection keeps it for the whole phase)
+    api_workers: list[float] = field(default_factory=list)
+    connections_by_worker: list[int] = field(default_factory=list)
+    # the whole machine: CPU of processes, of interrupts (softirq: mostly loopback TCP,
+    # charged to no process) and stolen by the hypervisor; `others` is the CPU of the
+    # processes that are not the bench's (other work on the machine skews every number),
+    # the busiest of them in `other_processes`
+    host_processes: float = 0.0
+    host_interrupts: float = 0.0
+    host_steal: float = 0.0
+    others: float = 0.0
+    other_processes: list[str] = field(default_factory=list)
+    # INFO commandstats: EVALSHA calls, and microseconds Redis spent in one on average
+    evalsha_calls: int = 0
+    evalsha_us: float = 0.0
+
+
+def host_ticks() -> tuple[int, int, int, int]:
+    """/proc/stat: clock ticks of all CPUs since boot in processes, in interrupts, stolen
+    by the hypervisor, and in all."""
+    first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[:8])
+    return user + nice + system, irq + softirq, steal, sum(int(v) for v in first[:8])
+
+
+def all_processes() -> dict[int, tuple[str, float]]:
+    """Every process but the kernel's threads: pid -> (start time, CPU seconds so far)."""
+    found: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != "2":
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and fields[1] != "2":
+                seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+                found[int(entry.name)] = (fields[19], seconds)
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    text = " ".join(raw.decode(errors="replace").replace("\0", " ").split())
+    return text[:70] or f"[{pid}]"
+
+
+def established_sockets(port: int) -> set[str]:
+    """Inodes of the established TCP sockets whose local port is `port`."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def connections_of(pid: int, inodes: set[str]) -> int:
+    count = 0
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    count += 1
+    return count
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.redis_server: RedisServer | None = None
+        self.api: subprocess.Popen[bytes] | None = None
+        self.running: set[subprocess.Popen[bytes]] = set()
+        self.secret = secrets.token_urlsafe(48)
+        ttl = HOLD_SECONDS + 3600
+        self.admin = tokens.mint(self.secret, "bench-admin", admin=True, ttl_seconds=ttl)
+        self.tokens_file = workdir / "tokens.txt"
+        self.tokens_file.write_text(
+            "".join(
+                tokens.mint(self.secret, customer_id(i), ttl_seconds=ttl) + "\n"
+                for i in range(args.customers)
+            )
+        )
+        self.base = ""
+        self.port = 0
+        self.redis_url = ""
+        self.client: redis.Redis | None = None
+
+    # processes
+
+    def start(self) -> None:
+        self.redis_server = RedisServer(
+            self.workdir / "redis", appendfsync=self.args.appendfsync
+        ).start()
+        self.redis_url = self.redis_server.url
+        self.client = redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=60)
+        log(f"redis-server {redis_server_binary()} on {self.redis_url}")
+        self.port = port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SEATRES_")}
+        env |= {
+            "SEATRES_REDIS_URL": self.redis_url,
+            "SEATRES_JWT_SECRET": self.secret,
+            "SEATRES_MAX_SEATS_PER_CUSTOMER": "0",
+            "SEATRES_HOLD_SECONDS": str(HOLD_SECONDS),
+            "SEATRES_MAX_HOLD_SECONDS": str(HOLD_SECONDS),
+            "SEATRES_LOG_LEVEL": "warning",
+        }
+        cmd = [sys.executable, "-m", "seatres.cli", "serve", "--host", HOST, "--port", str(port)]
+        cmd += ["--workers", str(self.args.workers)]
+        with (self.workdir / "serve.log").open("wb") as out:
+            self.api = subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches the bench, which stops it in order
+                preexec_fn=_die_with_parent,
+            )
+        self.base = f"http://{HOST}:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError):
+                if self.http("GET", "/readyz")[0] == 200:
+                    break
+            if self.api.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"seatres serve did not start:\n{self.server_log_tail()}")
+            time.sleep(0.1)
+        # the workers do not answer until each has loaded the app: give stragglers a moment
+        time.sleep(0.5)
+        log(f"seatres serve --workers {self.args.workers} on {self.base} (pid {self.api.pid})")
+
+    def stop(self) -> None:
+        for proc in list(self.running):
+            stop_process(proc, grace=2)
+        if self.api is not None:
+            stop_process(self.api)
+            self.api = None
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.redis_server is not None:
+            self.redis_server.stop()
+            self.redis_server = None
+
+    def server_log_tail(self, chars: int = 3000) -> str:
+        path = self.workdir / "serve.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def run_tool(self, name: str, cmd: Sequence[str], env: dict[str, str], timeout: float) -> str:
+        """Runs wrk or redis-benchmark to its end (bounded); its output, kept in the workdir."""
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+        path = self.workdir / f"{slug}.log"
+        with path.open("wb") as out:
+            proc = subprocess.Popen(
+                list(cmd),
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+            self.running.add(proc)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"{name}: {cmd[0]} still running after {timeout:.0f} s") from None
+            finally:
+                stop_process(proc, grace=2)
+                self.running.discard(proc)
+        text = path.read_text(errors="replace")
+        if proc.returncode != 0:
+            raise BenchError(f"{name}: {' '.join(cmd)} exited {proc.returncode}:\n{text[-3000:]}")
+        return text
+
+    def worker_pids(self) -> list[int]:
+        assert self.api is not None
+        return sorted(p for p in descendants(self.api.pid) if is_worker(p))
+
+    @contextlib.contextmanager
+    def measure(self, sample_connections: bool = False) -> Iterator[Usage]:
+        """CPU of Redis, of the API (seatres serve and its workers) and of the load
+        generator (children of this process that ended meanwhile) over the block; Redis's
+        EVALSHA statistics; and, if asked, the connections by worker half-way through."""
+        assert self.redis_server is not None and self.redis_server.process is not None
+        assert self.api is not None and self.client is not None
+        redis_pid, workers = self.redis_server.process.pid, self.worker_pids()
+        api_pids = [self.api.pid, *(p for p in descendants(self.api.pid) if p not in workers)]
+        usage = Usage()
+        timer: threading.Timer | None = None
+        if sample_connections:
+
+            def sample() -> None:
+                inodes = established_sockets(self.port)
+                usage.connections_by_worker = [connections_of(p, inodes) for p in workers]
+
+            timer = threading.Timer(self.args.duration / 2, sample)
+            timer.start()
+        self.client.config_resetstat()
+        redis_before, loadgen_before = cpu_seconds(redis_pid), children_cpu_seconds()
+        api_before = sum(cpu_seconds(p) for p in api_pids)
+        host_before, everyone_before = host_ticks(), all_processes()
+        workers_before = [cpu_seconds(p) for p in workers]
+        started = time.monotonic()
+        try:
+            yield usage
+        finally:
+            if timer is not None:
+                timer.cancel()
+                timer.join()
+        wall = time.monotonic() - started
+
+        def percent(seconds: float) -> float:
+            return round(100 * seconds / wall)
+
+        host = [a - b for a, b in zip(host_ticks(), host_before, strict=True)]
+        if host[3]:
+            cores = os.cpu_count() or 1
+            usage.host_processes, usage.host_interrupts, usage.host_steal = (
+                round(100 * cores * v / host[3]) for v in host[:3]
+            )
+        ours = {redis_pid, os.getpid(), *api_pids, *workers}
+        foreign: list[tuple[float, int]] = []
+        for pid, (started_at, seconds) in all_processes().items():
+            if pid not in ours:
+                before = everyone_before.get(pid)
+                if before is not None and before[0] == started_at:
+                    seconds -= before[1]
+                foreign.append((seconds, pid))
+        usage.others = percent(sum(seconds for seconds, _ in foreign))
+        usage.other_processes = [
+            f"{percent(seconds):.0f}% {command_line(pid)} (pid {pid})"
+            for seconds, pid in sorted(foreign, reverse=True)[:3]
+            if percent(seconds) >= 5
+        ]
+        usage.redis = percent(cpu_seconds(redis_pid) - redis_before)
+        usage.loadgen = percent(children_cpu_seconds() - loadgen_before)
+        per_worker = [cpu_seconds(p) - b for p, b in zip(workers, workers_before, strict=True)]
+        usage.api_workers = [percent(v) for v in per_worker]
+        usage.api = percent(sum(cpu_seconds(p) for p in api_pids) - api_before + sum(per_worker))
+        stats = self.client.info("commandstats").get("cmdstat_evalsha", {})
+        usage.evalsha_calls = int(stats.get("calls", 0))
+        usage.evalsha_us = float(stats.get("usec_per_call", 0.0))
+
+    # HTTP set-up (stdlib only: a handful of calls)
+
+    def http(
+        self, method: str, path: str, body: object = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"content-type": "application/json"} if data is not None else {}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(self.base + path, data, headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, json.loads(answer.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def create_event(self, event_id: str, seats: int) -> None:
+        body = {"name": event_id, "seats": [seat_id(i) for i in range(seats)]}
+        status, answer = self.http("PUT", f"/events/{event_id}", body, self.admin)
+        if status not in (200, 201):
+            raise BenchError(f"PUT /events/{event_id}: {status} {answer}")
+
+    # wrk
+
+    def wrk(self, name: str, script_name: str, env: dict[str, str], seconds: int) -> "WrkRun":
+        out = self.workdir / f"{name}.out"
+        env = {
+            **os.environ,
+            "BENCH_WRK_DIR": str(WRK_DIR),
+            "BENCH_OUT": str(out),
+            "BENCH_TOKENS": str(self.tokens_file),
+            "BENCH_THREADS": str(self.args.threads),
+            **env,
+        }
+        cmd = ["wrk", f"-t{self.args.threads}", f"-c{self.args.connections}", f"-d{seconds}s"]
+        cmd += ["--timeout", WRK_TIMEOUT, "-s", str(WRK_DIR / script_name), self.base]
+        log(f"{name}: {' '.join(cmd[:-3])} {script_name}, {seconds} s")
+        with self.measure(sample_connections=True) as usage:
+            self.run_tool(name, cmd, env, timeout=seconds + 60)
+        return WrkRun.read(out, usage)
+
+
+# -- wrk results -----------------------------------------------------------------------
+
+
+@dataclass
+class WrkRun:
+    requests: int
+    seconds: float
+    errors: dict[str, int]
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    statuses: Counter[int]
+    sent: int
+    records: list[list[str]]
+    tallies: dict[str, Counter[str]]
+    usage: Usage
+
+    @classmethod
+    def read(cls, path: Path, usage: Usage) -> "WrkRun":
+        run = cls(0, 0.0, {}, 0, 0, 0, 0, Counter(), 0, [], {}, usage)
+        if not path.exists():
+            raise BenchError(f"wrk wrote no {path.name}: did done() fail? (see its log)")
+        for line in path.read_text().splitlines():
+            kind, *rest = line.split(" ")
+            if kind == "summary":
+                run.requests, run.seconds = int(rest[0]), int(rest[1]) / 1e6
+            elif kind == "errors":
+                names = ("connect", "read", "write", "status", "timeout")
+                run.errors = dict(zip(names, map(int, rest), strict=True))
+            elif kind == "latency":
+                run.p50_ms, run.p90_ms, run.p99_ms, run.max_ms = (int(v) / 1000 for v in rest[:4])
+            elif kind == "status":
+                run.statuses[int(rest[0])] += int(rest[1])
+            elif kind == "sent":
+                run.sent += int(rest[0])
+            elif kind == "tally":
+                run.tallies.setdefault(rest[0], Counter())[rest[1]] += int(rest[2])
+            else:
+                run.records.append([kind, *rest])
+        return run
+
+    @property
+    def socket_errors(self) -> int:
+        return sum(self.errors.get(k, 0) for k in ("connect", "read", "write", "timeout"))
+
+    @property
+    def answered(self) -> int:
+        return sum(self.statuses.values())
+
+
+@dataclass
+class Phase:
+    """One row of the table."""
+
+    name: str
+    tool: str
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    ok: int  # 2xx answers; for Redis rows, calls answered (reserve: reservations made)
+    conflicts: int  # 409 answers; for the Redis reserve row, calls refused (seat taken)
+    other: int  # answers that are neither 2xx nor 409
+    socket_errors: int  # wrk: connect / read / write errors and timeouts
+    statuses: dict[str, int]
+    usage: Usage
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_wrk(cls, name: str, run: WrkRun) -> "Phase":
+        ok = sum(n for s, n in run.statuses.items() if 200 <= s < 300)
+        conflicts = run.statuses.get(409, 0)
+        return cls(
+            name=name,
+            tool="wrk",
+            requests=run.requests,
+            seconds=round(run.seconds, 3),
+            rps=round(run.requests / run.seconds, 1) if run.seconds else 0.0,
+            p50_ms=run.p50_ms,
+            p99_ms=run.p99_ms,
+            ok=ok,
+            conflicts=conflicts,
+            other=run.answered - ok - conflicts,
+            socket_errors=run.socket_errors,
+            statuses={str(s): n for s, n in sorted(run.statuses.items())},
+            usage=run.usage,
+        )
+
+
+# -- checks from Redis ---------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    name: str
+    problems: list[str] = field(default_factory=list)
+    facts: dict[str, int] = field(default_factory=dict)
+
+    def fail(self, problem: str) -> None:
+        self.problems.append(problem)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class EventData:
+    claims: dict[str, str]
+    reservations: dict[str, dict[str, Any]]
+    held: int
+    booked: int
+
+
+def read_event(client: redis.Redis, event_id: str) -> EventData:
+    """The event's claims, reservations and counters, read in one MULTI (one snapshot)."""
+    k = keys.event_keys(event_id)
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hgetall(k.claims)
+        pipe.hgetall(k.reservations)
+        pipe.hgetall(k.meta)
+        claims, raw, meta = cast(list[dict[str, str]], pipe.execute())
+    return EventData(
+        claims=claims,
+        reservations={rid: json.loads(value) for rid, value in raw.items()},
+        held=int(meta.get("held", 0)),
+        booked=int(meta.get("booked", 0)),
+    )
+
+
+def check_invariant(check: Check, event_id: str, data: EventData) -> None:
+    """At most one active reservation per seat, and the claims hash agrees with the
+    reservations: every claim points to an active reservation that lists the seat, every
+    active reservation claims each of its seats, and the held / booked counters add up."""
+    for seat, rid in data.claims.items():
+        r = data.reservations.get(rid)
+        if r is None:
+            check.fail(f"{event_id}: seat {seat} is claimed by {rid}, which does not exist")
+        elif r["state"] not in ACTIVE:
+            check.fail(f"{event_id}: seat {seat} is claimed by {rid}, which is {r['state']}")
+        elif seat not in r["seatIds"]:
+            check.fail(f"{event_id}: seat {seat} is claimed by {rid}, which does not list it")
+    holders: dict[str, list[str]] = {}
+    held = booked = 0
+    for rid, r in data.reservations.items():
+        if r["state"] not in ACTIVE:
+            continue
+        held += len(r["seatIds"]) if r["state"] == "RESERVED" else 0
+        booked += len(r["seatIds"]) if r["state"] == "CONFIRMED" else 0
+        for seat in r["seatIds"]:
+            holders.setdefault(seat, []).append(rid)
+            if data.claims.get(seat) != rid:
+                check.fail(
+                    f"{event_id}: active {rid} lists seat {seat}, "
+                    f"which is claimed by {data.claims.get(seat)}"
+                )
+    for seat, rids in holders.items():
+        if len(rids) > 1:
+            check.fail(f"{event_id}: seat {seat} has {len(rids)} active reservations: {rids}")
+    if (held, booked) != (data.held, data.booked):
+        check.fail(
+            f"{event_id}: counters say held={data.held} booked={data.booked}, "
+            f"the reservations say held={held} booked={booked}"
+        )
+
+
+def check_burst(client: redis.Redis, event_id: str, run: WrkRun) -> Check:
+    """The reserve burst, answer by answer: every 201 is a seat held by that very
+    reservation, no seat got two 201s, every 409 was for a seat that really is taken, and
+    the held seats are the 201s plus at most the requests cut off unanswered at the end."""
+    check = Check("reserve burst")
+    data = read_event(client, event_id)
+    check_invariant(check, event_id, data)
+    created = [(r[1], r[2]) for r in run.records if r[0] == "ok"]
+    conflicts = run.tallies.get("conflict", Counter())
+    asked = run.tallies.get("asked", Counter())
+    created_seats = Counter(seat for seat, _ in created)
+    answered = created_seats + conflicts
+    # wrk stops at the deadline with requests in flight; the server still serves them,
+    # so their seats may be held without the 201 having been read
+    unanswered = asked - answered
+    if answered - asked:
+        check.fail(f"answers for seats never asked for: {sorted(answered - asked)[:10]}")
+    for seat, rid in created:
+        if seat == "?" or rid == "?":
+            check.fail("a 201 whose body has no seatIds or id")
+        elif data.claims.get(seat) != rid:
+            check.fail(
+                f"201 for seat {seat} as {rid}, but the seat is claimed by {data.claims.get(seat)}"
+            )
+    twice = [seat for seat, n in created_seats.items() if n > 1]
+    for seat in twice[:10]:
+        check.fail(f"seat {seat} got {created_seats[seat]} answers 201")
+    if len(twice) > 10:
+        check.fail(f"... {len(twice)} seats got more than one 201 in all")
+    not_taken = [seat for seat in conflicts if seat not in data.claims]
+    if not_taken:
+        check.fail(f"{len(not_taken)} answers 409 for seats nobody holds, e.g. {not_taken[:5]}")
+    cut_off = [seat for seat in data.claims if seat not in created_seats]
+    unexplained = [seat for seat in cut_off if seat not in unanswered]
+    if unexplained:
+        check.fail(
+            f"{len(unexplained)} held seats were answered 409 or never asked for, "
+            f"e.g. {unexplained[:5]}"
+        )
+    check.facts = {
+        "answers_201": len(created),
+        "answers_409": sum(conflicts.values()),
+        "held_seats": len(data.claims),
+        "held_counter": data.held,
+        "held_by_requests_cut_off_unanswered": len(cut_off),
+        "requests_unanswered_at_the_end": sum(unanswered.values()),
+        "reservations_in_redis": len(data.reservations),
+    }
+    if len(created) + len(cut_off) != len(data.claims) or data.held != len(data.claims):
+        check.fail(
+            f"201 answers ({len(created)}) + holds of unanswered requests ({len(cut_off)}) "
+            f"!= held seats ({len(data.claims)}, counter {data.held})"
+        )
+    return check
+
+
+def check_transitions(
+    client: redis.Redis, action: str, events: Sequence[str], run: WrkRun
+) -> Check:
+    """Confirm / cancel: every 200 carries the target state and is that state in Redis,
+    no reservation was answered 200 twice, and the reservations in the target state are
+    the 200s plus at most the requests cut off unanswered at the end."""
+    target = {"confirm": "CONFIRMED", "cancel": "CANCELLED"}[action]
+    check = Check(f"{action} phase")
+    in_target: set[str] = set()
+    for event_id in events:
+        data = read_event(client, event_id)
+        check_invariant(check, event_id, data)
+        in_target |= {rid for rid, r in data.reservations.items() if r["state"] == target}
+    answered = Counter(r[1] for r in run.records if r[0] == "ok")
+    wrong = [r for r in run.records if r[0] == "ok" and r[2] != target]
+    if wrong:
+        check.fail(f"{len(wrong)} answers 200 not in state {target}, e.g. {wrong[:3]}")
+    laps = sum(run.tallies.get("wrapped", Counter()).values())
+    twice = [rid for rid, n in answered.items() if n > 1]
+    if twice and not laps:
+        check.fail(f"{len(twice)} reservations answered 200 more than once, e.g. {twice[:3]}")
+    missing = [rid for rid in answered if rid not in in_target]
+    if missing:
+        check.fail(f"{len(missing)} answered 200 but not {target} in Redis, e.g. {missing[:3]}")
+    unanswered = run.sent - run.answered
+    extra = in_target - set(answered)
+    if len(extra) > max(unanswered, 0):
+        check.fail(
+            f"{len(extra)} reservations are {target} without an answer 200, "
+            f"more than the {unanswered} requests left unanswered"
+        )
+    check.facts = {
+        "answers_200": sum(answered.values()),
+        f"{target.lower()}_in_redis": len(in_target),
+        "requests_unanswered_at_the_end": unanswered,
+        "laps_over_the_list": laps,
+    }
+    return check
+
+
+# -- the phases --------------------------------------------------------------------------
+
+
+def warm_up(bench: Bench) -> None:
+    bench.create_event("warmup", 1000)
+    env = {"BENCH_EVENT": "warmup", "BENCH_SEATS": "1000"}
+    bench.wrk("warmup", "reserve.lua", env, WARMUP_SECONDS)
+
+
+def precreate_holds(bench: Bench, action: str, count: int) -> tuple[list[str], Path]:
+    """`count` fresh one-seat holds over events `<action>-0`, `<action>-1`, ... (made
+    through the store, as the API would: RedisStore.reserve), written as wrk's items
+    file: `<reservation id> <customer index>` a line."""
+    events = [f"{action}-{j}" for j in range(math.ceil(count / EVENT_CHUNK))]
+    for j, event_id in enumerate(events):
+        bench.create_event(event_id, min(EVENT_CHUNK, count - j * EVENT_CHUNK))
+
+    async def make() -> list[str]:
+        client = AsyncRedis.from_url(bench.redis_url, decode_responses=True, socket_timeout=30)
+        store = RedisStore(client, log_max_length=LOG_MAX_LENGTH)
+        lines: list[str] = []
+        try:
+            for start in range(0, count, 2000):
+                batch = range(start, min(count, start + 2000))
+                calls = []
+                for i in batch:
+                    event_id = events[i // EVENT_CHUNK]
+                    who = customer_id(i % bench.args.customers)
+                    rid = new_reservation_id(event_id)
+                    seat = seat_id(i % EVENT_CHUNK)
+                    calls.append(store.reserve(event_id, rid, who, [seat], HOLD_SECONDS * 1000))
+                    lines.append(f"{rid} {i % bench.args.customers}\n")
+                for outcome in await asyncio.gather(*calls):
+                    if outcome.reservation.state.value != "RESERVED":
+                        raise BenchError(f"could not pre-create a hold: {outcome}")
+        finally:
+            await client.aclose()
+        return lines
+
+    started = time.monotonic()
+    lines = asyncio.run(make())
+    path = bench.workdir / f"{action}-items.txt"
+    path.write_text("".join(lines))
+    log(f"{action}: {count} holds made beforehand in {time.monotonic() - started:.1f} s")
+    return events, path
+
+
+@dataclass
+class RedisCommand:
+    name: str
+    argv: list[str]
+
+
+def redis_phase(bench: Bench, command: RedisCommand, seats: int, calls: int) -> Phase:
+    """redis-benchmark with `calls` requests, the bench's connection count, no pipelining;
+    each __rand_int__ in the command becomes a random number below `seats` (12 digits)."""
+    assert bench.redis_server is not None
+    cmd = ["redis-benchmark", "-h", HOST, "-p", str(bench.redis_server.port)]
+    cmd += ["-c", str(bench.args.connections), "-n", str(calls), "-r", str(seats), "-P", "1"]
+    cmd += ["--csv", *command.argv]
+    with bench.measure() as usage:
+        text = bench.run_tool(command.name, cmd, dict(os.environ), timeout=600)
+    rows = [line for line in text.splitlines() if line.startswith('"EVALSHA')]
+    if not rows:
+        raise BenchError(f"{command.name}: no result line from redis-benchmark:\n{text[-2000:]}")
+    values = [v.strip('"') for v in rows[-1].split('","')]
+    rps, p50, p99 = float(values[1]), float(values[4]), float(values[6])
+    return Phase(
+        name=command.name,
+        tool="redis-benchmark",
+        requests=calls,
+        seconds=round(calls / rps, 3),
+        rps=rps,
+        p50_ms=p50,
+        p99_ms=p99,
+        ok=calls,
+        conflicts=0,
+        other=0,
+        socket_errors=0,
+        statuses={},
+        usage=usage,
+    )
+
+
+def redis_ceiling(bench: Bench, client: redis.Redis, report: "Report") -> None:
+    """The reserve script alone, against the same call shape with a trivial body."""
+    seats, seconds = bench.args.seats, bench.args.duration
+    reserve = script("reserve")
+    client.script_load(reserve.source)
+    trivial = client.script_load("return 1")
+
+    def reserve_call(event_id: str, sha: str) -> list[str]:
+        # the store's reserve call without an idempotency key (seatres/lua/reserve.lua):
+        # 7 event keys; id, customer, hold ms, per-customer limit (0: off), log MAXLEN,
+        # fingerprint ('' = none), idempotency TTL, seat
+        k = keys.event_keys(event_id)
+        rid = "bench-__rand_int__-__rand_int__-__rand_int__"  # fresh on (nearly) every call
+        args = [rid, "cust__rand_int__", str(HOLD_SECONDS * 1000), "0", str(LOG_MAX_LENGTH)]
+        args += ["", str(IDEMPOTENCY_TTL_MS), "s__rand_int__"]
+        return ["EVALSHA", sha, str(len(k)), *k, *args]
+
+    for event_id in ("redis-pilot", "redis"):
+        bench.create_event(event_id, seats)
+    # the call shape must still be the script's: one real call must create a hold
+    probe = reserve_call("redis-pilot", reserve.sha)
+    probe = [a.replace("__rand_int__", "000000000000") for a in probe]
+    reply = client.evalsha(probe[1], int(probe[2]), *probe[3:])
+    if not (isinstance(reply, list) and reply and int(reply[0]) == 1):
+        raise BenchError(
+            f"the reserve script did not take the bench's call shape (reply {reply!r}): "
+            "update reserve_call() in bench/burst.py to seatres/lua/reserve.lua's ARGV"
+        )
+    commands = [
+        (RedisCommand("redis: EVALSHA return 1, no keys", ["EVALSHA", trivial, "0"]), None),
+        (
+            RedisCommand("redis: EVALSHA return 1, reserve's args", reserve_call("redis", trivial)),
+            None,
+        ),
+        (
+            RedisCommand("redis: EVALSHA reserve", reserve_call("redis", reserve.sha)),
+            reserve_call("redis-pilot", reserve.sha),
+        ),
+    ]
+    for command, pilot_argv in commands:
+        # a short pilot run sizes the real one to about --duration seconds
+        pilot = redis_phase(
+            bench,
+            RedisCommand(f"{command.name} (pilot)", pilot_argv or command.argv),
+            seats,
+            20_000,
+        )
+        calls = max(20_000, int(pilot.rps * seconds))
+        log(f"{command.name}: redis-benchmark -c {bench.args.connections} -n {calls}")
+        phase = redis_phase(bench, command, seats, calls)
+        if command.argv[1] == reserve.sha:
+            check = Check("redis reserve")
+            data = read_event(client, "redis")
+            check_invariant(check, "redis", data)
+            phase.ok = len(data.reservations)
+            phase.conflicts = calls - phase.ok
+            phase.notes.append(f"{phase.ok} calls made a hold, {phase.conflicts} found it taken")
+            report.checks.append(check)
+        report.phases.append(phase)
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    settings: dict[str, Any]
+    phases: list[Phase] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    ratios: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def phase(self, name: str) -> Phase | None:
+        return next((p for p in self.phases if p.name == name), None)
+
+    def compute_ratios(self) -> None:
+        def rps(name: str) -> float:
+            phase = self.phase(name)
+            return phase.rps if phase else 0.0
+
+        def ratio(key: str, top: float, bottom: float) -> None:
+            if top and bottom:
+                self.ratios[key] = round(top / bottom, 3)
+
+        reserve = rps("POST /reservations")
+        ratio("reserve / healthz", reserve, rps("GET /healthz"))
+        ratio("reserve / redis reserve EVALSHA", reserve, rps("redis: EVALSHA reserve"))
+        script_rps = rps("redis: EVALSHA reserve")
+        ratio(
+            "redis reserve EVALSHA / return 1 with reserve's args",
+            script_rps,
+            rps("redis: EVALSHA return 1, reserve's args"),
+        )
+        ratio(
+            "redis reserve EVALSHA / return 1 no keys",
+            script_rps,
+            rps("redis: EVALSHA return 1, no keys"),
+        )
+        ratio("confirm / reserve", rps("POST /reservations/{id}/confirm"), reserve)
+        ratio("cancel / reserve", rps("POST /reservations/{id}/cancel"), reserve)
+
+    @property
+    def broken(self) -> bool:
+        return any(not c.ok for c in self.checks)
+
+    @property
+    def unexpected(self) -> bool:
+        return any(p.other or p.socket_errors for p in self.phases)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "phases": [asdict(p) for p in self.phases],
+            "ratios": self.ratios,
+            "checks": [{"name": c.name, "ok": c.ok, **asdict(c)} for c in self.checks],
+            "notes": self.notes,
+            "ok": not self.broken and not self.unexpected,
+        }
+
+    def print_table(self, out: TextIO) -> None:
+        s = self.settings
+        print(
+            f"\nseatres burst: {s['workers']} workers, {s['connections']} connections, "
+            f"{s['duration']} s a phase, {s['seats']} seats, {s['customers']} customers, "
+            f"wrk -t{s['threads']}, appendfsync {s['appendfsync']}, {s['cpus']} CPUs",
+            file=out,
+        )
+        head = (
+            f"{'phase':<40} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'2xx':>8} {'409':>8} "
+            f"{'other':>6} {'sockerr':>7} {'cpu redis':>9} {'api':>5} {'loadgen':>7} "
+            f"{'others':>6} {'evalsha us':>10}"
+        )
+        print(head, file=out)
+        print("-" * len(head), file=out)
+        for p in self.phases:
+            u = p.usage
+            print(
+                f"{p.name:<40} {p.rps:>9,.0f} {p.p50_ms:>7.2f} {p.p99_ms:>7.2f} {p.ok:>8} "
+                f"{p.conflicts:>8} {p.other:>6} {p.socket_errors:>7} {u.redis:>8.0f}% "
+                f"{u.api:>4.0f}% {u.loadgen:>6.0f}% {u.others:>5.0f}% {u.evalsha_us:>10.2f}",
+                file=out,
+            )
+        print("", file=out)
+        targets: dict[str, Callable[[float], str]] = {
+            "redis reserve EVALSHA / return 1 with reserve's args": lambda v: _target(v, 0.80),
+            "redis reserve EVALSHA / return 1 no keys": lambda v: _target(v, 0.80),
+            "confirm / reserve": lambda v: _target(v, 0.90),
+            "cancel / reserve": lambda v: _target(v, 0.90),
+        }
+        for key, value in self.ratios.items():
+            mark = targets[key](value) if key in targets else ""
+            print(f"  {key:<52} {value:>6.2f}  {mark}", file=out)
+        print("", file=out)
+        for p in self.phases:
+            extra = [f"answers {code}: {n}" for code, n in p.statuses.items() if code[0] != "2"]
+            extra = [e for e in extra if not e.startswith("answers 409")]
+            if p.socket_errors:
+                extra.append(f"socket errors {p.socket_errors}")
+            notes = [*p.notes, *([", ".join(extra)] if extra else [])]
+            if p.usage.host_steal >= 5:
+                notes.append(f"{p.usage.host_steal:.0f}% CPU stolen by the hypervisor")
+            if p.usage.other_processes:
+                notes.append("other work on the machine: " + "; ".join(p.usage.other_processes))
+            if p.tool == "wrk" and len(p.usage.api_workers) > 1:
+                cpu = " + ".join(f"{v:.0f}%" for v in p.usage.api_workers)
+                spread = p.usage.connections_by_worker
+                conns = " + ".join(map(str, spread))
+                notes.append(f"by worker: CPU {cpu}, connections {conns}")
+                if spread and (min(spread) == 0 or max(spread) > 2 * min(spread)):
+                    notes.append("connections unevenly spread over the workers (see README)")
+            for note in notes:
+                print(f"  {p.name}: {note}", file=out)
+        for note in self.notes:
+            print(f"  note: {note}", file=out)
+        for check in self.checks:
+            facts = ", ".join(f"{k} {v}" for k, v in check.facts.items())
+            verdict = "OK" if check.ok else "BROKEN"
+            print(
+                f"  check {check.name}: {verdict}{'  (' + facts + ')' if facts else ''}", file=out
+            )
+            for problem in check.problems[:20]:
+                print(f"    !! {problem}", file=out)
+            if len(check.problems) > 20:
+                print(f"    !! ... {len(check.problems) - 20} more", file=out)
+
+
+def _target(value: float, floor: float) -> str:
+    return f"(target >= {floor:.2f}: {'met' if value >= floor else 'MISSED'})"
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def idle_check(report: Report, seconds: float = 2.0) -> None:
+    """How busy the machine is before the bench starts anything: the phases share the
+    machine's cores with whatever else runs, so other work skews every number."""
+    before = host_ticks()
+    time.sleep(seconds)
+    busy, _, _, total = (a - b for a, b in zip(host_ticks(), before, strict=True))
+    percent = round(100 * (os.cpu_count() or 1) * busy / total) if total else 0
+    report.settings["host_busy_before_percent"] = percent
+    if percent >= 20:
+        report.notes.append(
+            f"the machine was {percent}% busy (100% a core) before the bench started: "
+            "other work shares the cores, compare numbers with care (column 'others')"
+        )
+
+
+def run(args: argparse.Namespace, bench: Bench, report: Report) -> None:
+    idle_check(report)
+    bench.start()
+    client = bench.client
+    assert client is not None
+    report.settings["redis_server"] = str(client.info("server").get("redis_version"))
+    warm_up(bench)
+
+    healthz = bench.wrk("healthz", "healthz.lua", {}, args.duration)
+    report.phases.append(Phase.from_wrk("GET /healthz", healthz))
+
+    bench.create_event("burst", args.seats)
+    env = {"BENCH_EVENT": "burst", "BENCH_SEATS": str(args.seats)}
+    burst = bench.wrk("reserve", "reserve.lua", env, args.duration)
+    reserve_phase = Phase.from_wrk("POST /reservations", burst)
+    report.phases.append(reserve_phase)
+    time.sleep(1)  # requests cut off at wrk's deadline finish on the server
+    report.checks.append(check_burst(client, "burst", burst))
+
+    # enough fresh holds for twice the reserve rate over a phase
+    count = max(2000, math.ceil(2 * reserve_phase.rps * args.duration))
+    for action in ("confirm", "cancel"):
+        events, items = precreate_holds(bench, action, count)
+        env = {"BENCH_ACTION": action, "BENCH_ITEMS": str(items)}
+        run_ = bench.wrk(action, "transition.lua", env, args.duration)
+        phase = Phase.from_wrk(f"POST /reservations/{{id}}/{action}", run_)
+        laps = sum(run_.tallies.get("wrapped", Counter()).values())
+        if laps:
+            phase.notes.append(
+                f"ran out of its {count} holds ({laps} laps): later answers were replays"
+            )
+        report.phases.append(phase)
+        time.sleep(1)
+        report.checks.append(check_transitions(client, action, events, run_))
+
+    redis_ceiling(bench, client, report)
+    errors = bench.server_log_tail(1_000_000).count("Traceback")
+    if errors:
+        report.notes.append(f"the server logged {errors} tracebacks (serve.log)")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench/burst.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--workers", type=int, default=2, help="seatres serve workers (2)")
+    p.add_argument("--connections", type=int, default=64, help="open connections (64)")
+    p.add_argument("--duration", type=int, default=10, help="seconds a phase (10)")
+    p.add_argument("--seats", type=int, default=20_000, help="seats of the event (20000)")
+    p.add_argument("--customers", type=int, default=1000, help="customers with tokens (1000)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
+    p.add_argument(
+        "--appendfsync",
+        choices=("always", "everysec", "no"),
+        default="everysec",
+        help="Redis AOF fsync policy (everysec; scripts/dev uses always)",
+    )
+    p.add_argument(
+        "--json",
+        metavar="PATH",
+        nargs="?",
+        const="-",
+        help="also write the numbers as JSON to PATH ('-' or no PATH: stdout, and the table "
+        "goes to stderr)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the work folder (logs, wrk output)")
+    args = p.parse_args(argv)
+    for name, low, high in (
+        ("workers", 1, 64),
+        ("connections", 1, 10_000),
+        ("duration", 1, 600),
+        ("seats", 1, 100_000),
+        ("customers", 1, 100_000),
+        ("threads", 1, 64),
+    ):
+        if not low <= getattr(args, name) <= high:
+            p.error(f"--{name} must be {low}..{high}")
+    if args.connections < args.threads:
+        p.error("--connections must be at least --threads")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    workdir = Path(tempfile.mkdtemp(prefix="seatres-bench-"))
+    report = Report(
+        settings={
+            "workers": args.workers,
+            "connections": args.connections,
+            "duration": args.duration,
+            "seats": args.seats,
+            "customers": args.customers,
+            "threads": args.threads,
+            "appendfsync": args.appendfsync,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        }
+    )
+    status = EXIT_OK
+    bench: Bench | None = None
+    try:
+        ensure_tools()
+        report.settings["wrk"] = tool_version(["wrk", "-v"])
+        report.settings["redis_benchmark"] = tool_version(["redis-benchmark", "--version"])
+        bench = Bench(args, workdir)
+        run(args, bench, report)
+    except BenchError as exc:
+        log(f"the bench could not run: {exc}")
+        if bench is not None and bench.api is not None:
+            log(f"serve.log:\n{bench.server_log_tail()}")
+        status = EXIT_CANNOT_RUN
+    except KeyboardInterrupt:
+        log("interrupted")
+        status = 130
+    finally:
+        if bench is not None:
+            bench.stop()
+            log("stopped every process the bench started")
+    if status in (EXIT_CANNOT_RUN, 130):
+        log(f"work folder kept: {workdir}")
+        return status
+
+    report.compute_ratios()
+    to_stdout = args.json == "-"
+    report.print_table(sys.stderr if to_stdout else sys.stdout)
+    if args.json:
+        text = json.dumps(report.as_json(), indent=2)
+        if to_stdout:
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    if report.broken:
+        log("FAILED: the check found a broken invariant (see above)")
+        status = EXIT_BROKEN
+    elif report.unexpected:
+        log("FAILED: answers other than 2xx / 409, or socket errors (see above)")
+        status = EXIT_UNEXPECTED
+    if args.keep or status != EXIT_OK:
+        log(f"work folder kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
