@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65_535)
     workers: int = Field(default=1, ge=1, le=64)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # 100,000 seat ids of 64 characters fit in one PUT /events body
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
 
     # Embedded Redis: where it keeps its append-only file, and its port (0 = any free).
     data_dir: Path = Path(".seatres")
@@ -50,6 +51,8 @@ class Settings(BaseSettings):
     queue_name: str = Field(default="seatres", min_length=1)
     # 100 keeps each expire call near 1 ms on this class of machine (bench/sweep_bench.py).
     sweep_batch_size: int = Field(default=100, ge=1, le=10_000)
+    # /readyz fails when the last successful sweep is older than this (a dead scheduler).
+    sweep_max_age_seconds: int = Field(default=180, ge=60, le=86_400)
     # How often rq-scheduler looks for due jobs; the expiry job itself runs every minute.
     scheduler_interval_seconds: int = Field(default=10, ge=1, le=60)
 
