@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65_535)
     workers: int = Field(default=1, ge=1, le=64)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # One JSON line per request (request id, route, status, latency, customer).
+    access_log: bool = True
     # 100,000 seat ids of 64 characters fit in one PUT /events body
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
 

@@ -110,3 +110,23 @@ class Claim:
 
     event_id: str
     lease_until_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SweepStats:
+    """What the expiry job last reported, kept in Redis (the job runs in the rq worker)."""
+
+    last_success_ms: int | None
+    last_seconds: float
+    last_expired: int
+    runs: int
+    expired: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventCounts:
+    event_id: str
+    name: str
+    total: int
+    held: int
+    booked: int

@@ -1,6 +1,7 @@
 """The Starlette application: state built in lifespan, one handler per error family."""
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -9,12 +10,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 
 from seatres.domain.errors import DomainError
 from seatres.domain.service import ReservationService, Rules
 from seatres.http import problems
+from seatres.http.observe import ObserveRequests
 from seatres.http.routes import ROUTES
 from seatres.http.state import AppState
+from seatres.metrics import Metrics
 from seatres.settings import Settings
 from seatres.store import scripts
 from seatres.store.redis_store import RedisStore
@@ -50,6 +54,7 @@ def create_app(
     settings: Settings | None = None, redis_factory: RedisFactory = connect
 ) -> Starlette:
     settings = settings or Settings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -58,6 +63,9 @@ def create_app(
             redis,
             log_max_length=settings.log_max_length,
             idempotency_ttl_ms=settings.idempotency_ttl_seconds * 1000,
+            observe=lambda operation, seconds: metrics.redis_seconds.labels(operation).observe(
+                seconds
+            ),
         )
         rules = Rules(
             hold_ms=settings.hold_ms,
@@ -71,6 +79,8 @@ def create_app(
             store=store,
             service=ReservationService(store, rules),
             tokens=TokenVerifier(settings.secret()),
+            metrics=metrics,
+            started_at=time.monotonic(),
         )
         try:
             await scripts.load_all(redis)
@@ -84,6 +94,7 @@ def create_app(
     return Starlette(
         routes=ROUTES,
         lifespan=lifespan,
+        middleware=[Middleware(ObserveRequests, metrics=metrics, access_log=settings.access_log)],
         exception_handlers={
             DomainError: problems.domain_error,
             HTTPException: problems.http_error,

@@ -16,7 +16,7 @@ ERROR_CODES = {
     415: ["unsupported_media_type"],
     422: ["idempotency_key_mismatch"],
     500: ["internal_error"],
-    503: ["store_unavailable"],
+    503: ["store_unavailable", "sweep_stale"],
 }
 
 _PROBLEM = {
@@ -227,9 +227,23 @@ def openapi_document() -> dict[str, Any]:
         },
         "/readyz": {
             "get": {
-                "summary": "Redis is reachable and the scripts are loaded",
+                "summary": "Redis is reachable, the scripts are loaded and the expiry job ran "
+                "within SEATRES_SWEEP_MAX_AGE_SECONDS",
                 "security": [],
                 "responses": {**_ok(200, "Status", "Ready"), **_errors(503)},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text exposition format)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(503),
+                },
             }
         },
         "/openapi.json": {

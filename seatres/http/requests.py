@@ -25,7 +25,9 @@ def caller(request: Request) -> Caller:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Send Authorization: Bearer <token>")
-    return app_state(request).tokens.verify(token.strip())
+    who = app_state(request).tokens.verify(token.strip())
+    request.state.customer_id = who.customer_id  # for the access log
+    return who
 
 
 async def json_body(request: Request, model: type[B]) -> B:

@@ -1,19 +1,26 @@
 """Handlers: parse the request, call the domain once, render the answer."""
 
+import time
+from collections.abc import Awaitable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from seatres.domain.errors import ValidationFailed
+from seatres.domain.errors import DomainError, SeatUnavailable, ValidationFailed
 from seatres.domain.models import Outcome
 from seatres.http import render
 from seatres.http.openapi import openapi_document
-from seatres.http.problems import REPLAYED_HEADER
+from seatres.http.problems import REPLAYED_HEADER, problem
 from seatres.http.requests import app_state, caller, idempotency, json_body
 from seatres.http.schemas import EventBody, ExtendBody, ReserveBody
+from seatres.metrics import store_families
 
 JSON = "application/json"
 DEFAULT_PAGE_SIZE = 100
+# Events whose seat counts /metrics reports (by id): bounds the scrape's cost and series.
+METRICS_MAX_EVENTS = 1000
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -48,8 +55,25 @@ async def get_seats(request: Request) -> Response:
     return _json(render.seat_page(event_id, page))
 
 
-def _outcome(outcome: Outcome, status: int = 200) -> Response:
-    headers = {REPLAYED_HEADER: "true"} if outcome.replayed else {}
+async def _transition(
+    request: Request, transition: str, call: Awaitable[Outcome], status: int = 200
+) -> Response:
+    """The answer of a reserve / confirm / cancel / extend, counted in the metrics."""
+    metrics = app_state(request).metrics
+    try:
+        outcome = await call
+    except DomainError as exc:
+        metrics.transitions.labels(transition, exc.code).inc()
+        if isinstance(exc, SeatUnavailable):
+            metrics.seat_conflicts.inc(len(exc.seat_ids))
+        if exc.replayed:
+            metrics.replays.labels(transition).inc()
+        raise
+    metrics.transitions.labels(transition, "ok").inc()
+    headers = {}
+    if outcome.replayed:
+        metrics.replays.labels(transition).inc()
+        headers[REPLAYED_HEADER] = "true"
     if status == 201:
         headers["Location"] = f"/reservations/{outcome.reservation.id}"
     return _json(render.reservation(outcome.reservation), status, headers)
@@ -59,30 +83,29 @@ async def reserve(request: Request) -> Response:
     who = caller(request)
     body = await json_body(request, ReserveBody)
     service = app_state(request).service
-    outcome = await service.reserve(who, body.eventId, body.seats, idempotency(request, body))
-    return _outcome(outcome, 201)
+    call = service.reserve(who, body.eventId, body.seats, idempotency(request, body))
+    return await _transition(request, "reserve", call, 201)
 
 
 async def confirm(request: Request) -> Response:
     who = caller(request)
-    service = app_state(request).service
-    rid = request.path_params["id"]
-    return _outcome(await service.confirm(who, rid, idempotency(request)))
+    call = app_state(request).service.confirm(who, request.path_params["id"], idempotency(request))
+    return await _transition(request, "confirm", call)
 
 
 async def cancel(request: Request) -> Response:
     who = caller(request)
-    service = app_state(request).service
-    rid = request.path_params["id"]
-    return _outcome(await service.cancel(who, rid, idempotency(request)))
+    call = app_state(request).service.cancel(who, request.path_params["id"], idempotency(request))
+    return await _transition(request, "cancel", call)
 
 
 async def extend(request: Request) -> Response:
     who = caller(request)
     body = await json_body(request, ExtendBody)
-    service = app_state(request).service
-    rid = request.path_params["id"]
-    return _outcome(await service.extend(who, rid, body.seconds, idempotency(request, body)))
+    call = app_state(request).service.extend(
+        who, request.path_params["id"], body.seconds, idempotency(request, body)
+    )
+    return await _transition(request, "extend", call)
 
 
 async def get_reservation(request: Request) -> Response:
@@ -96,8 +119,30 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    await app_state(request).store.ping()
+    """Redis answers, the scripts are loaded, and the expiry job has run lately."""
+    state = app_state(request)
+    await state.store.ping()
+    stats, now_ms = await state.store.sweep_stats()
+    max_age = state.settings.sweep_max_age_seconds
+    if stats.last_success_ms is None:
+        if time.monotonic() - state.started_at > max_age:
+            detail = f"No expiry run has succeeded yet (up for more than {max_age} s)"
+            return problem(503, "sweep_stale", "Not ready", detail)
+    elif now_ms - stats.last_success_ms > max_age * 1000:
+        age = (now_ms - stats.last_success_ms) // 1000
+        detail = f"The last successful expiry run was {age} s ago (more than {max_age} s)"
+        return problem(503, "sweep_stale", "Not ready", detail)
     return _json({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: this process's (or every worker's) counters, then the
+    numbers read from Redis."""
+    state = app_state(request)
+    own = generate_latest(state.metrics.collecting_registry())
+    counts = await state.store.event_counts(METRICS_MAX_EVENTS)
+    stats, _now = await state.store.sweep_stats()
+    return Response(own + store_families(counts, stats), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(request: Request) -> Response:
@@ -115,5 +160,6 @@ ROUTES = [
     Route("/reservations/{id}", get_reservation, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from seatres.domain.service import ReservationService
+from seatres.metrics import Metrics
 from seatres.settings import Settings
 from seatres.store.redis_store import RedisStore
 from seatres.tokens import TokenVerifier
@@ -17,3 +18,5 @@ class AppState:
     store: RedisStore
     service: ReservationService
     tokens: TokenVerifier
+    metrics: Metrics
+    started_at: float  # time.monotonic() when the app started

@@ -16,6 +16,7 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq_scheduler import Scheduler
 
+from seatres import logs
 from seatres.jobs.sweep import MAX_SWEEP_SECONDS, expire_due_holds
 from seatres.settings import Settings
 
@@ -81,16 +82,8 @@ class ExpiryScheduler(Scheduler):  # type: ignore[misc]  # rq-scheduler has no t
             return super().enqueue_jobs()
 
 
-def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def run_worker(settings: Settings, burst: bool = False) -> None:
-    _setup_logging(settings)
+    logs.configure(settings.log_level)
     connection = jobs_redis(settings)
     queue = Queue(settings.queue_name, connection=connection)
     worker = Worker([queue], connection=connection, default_result_ttl=RESULT_TTL_SECONDS)
@@ -99,7 +92,7 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
 
 
 def run_scheduler(settings: Settings, burst: bool = False) -> None:
-    _setup_logging(settings)
+    logs.configure(settings.log_level)
     connection = jobs_redis(settings)
     scheduler = ExpiryScheduler(
         queue_name=settings.queue_name,

@@ -151,7 +151,10 @@ async def _sweep_redis(settings: Settings) -> SweepReport:
     )
     try:
         store = RedisStore(redis, log_max_length=settings.log_max_length)
-        return await sweep(store, settings.sweep_batch_size)
+        report = await sweep(store, settings.sweep_batch_size)
+        if not report.failed:
+            await store.record_sweep(report.total, report.seconds)
+        return report
     finally:
         await redis.aclose()
 

@@ -13,6 +13,10 @@ PREFIX = "seatres"
 SWEEP_DUE = f"{PREFIX}:{{sweep}}:due"
 # zset: eventId -> time (ms) until which a running sweep owns the event
 SWEEP_CLAIMED = f"{PREFIX}:{{sweep}}:claimed"
+# hash: lastSuccess (ms), lastSeconds, lastExpired, runs, expired (totals) of the sweep
+SWEEP_STATS = f"{PREFIX}:{{sweep}}:stats"
+# set: every event id (for /metrics and `seatres inspect keys`; written beside upserts)
+EVENTS = f"{PREFIX}:{{index}}:events"
 
 
 class EventKeys(NamedTuple):

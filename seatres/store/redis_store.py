@@ -5,7 +5,7 @@ Result codes of the scripts are mapped to domain errors here and nowhere else
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,6 +34,7 @@ from seatres.domain.models import (
     Caller,
     Change,
     Claim,
+    EventCounts,
     EventSummary,
     EventUpsert,
     IdempotencyKey,
@@ -43,6 +44,7 @@ from seatres.domain.models import (
     SeatPage,
     SeatStatus,
     SweepBatch,
+    SweepStats,
 )
 from seatres.domain.states import ReservationState, Transition
 from seatres.store import keys, scripts
@@ -143,9 +145,12 @@ class RedisStore:
         redis: Redis,
         log_max_length: int = 100_000,
         idempotency_ttl_ms: int = 86_400_000,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
+        """observe(operation, seconds) is told the time of every script call."""
         self._redis = redis
         self._batcher = TickBatcher(redis)
+        self._observe = observe
         self._log_max_length = log_max_length
         self._idempotency_ttl_ms = idempotency_ttl_ms
 
@@ -166,12 +171,15 @@ class RedisStore:
         trip (their replies are not looked at); NOSCRIPT loads the script and sends again."""
         s = scripts.script(name)
         call = ("EVALSHA", s.sha, len(script_keys), *script_keys, *args)
+        started = time.perf_counter()
         async with _unavailable_on_failure():
             for _ in range(2):
                 reply, *_ = await self._batcher.submit(call, *beside)
                 if not isinstance(reply, NoScriptError):
                     break
                 await self._redis.script_load(s.source)
+            if self._observe is not None:
+                self._observe(name, time.perf_counter() - started)
             if isinstance(reply, Exception):
                 raise reply
             return reply
@@ -190,6 +198,7 @@ class RedisStore:
             "upsert_event",
             keys.event_keys(event_id),
             [event_id, name, self._log_max_length, *seat_ids],
+            ("SADD", keys.EVENTS, event_id),
         )
         code = int(result[0])
         if code < 0:
@@ -342,3 +351,51 @@ class RedisStore:
             [keys.SWEEP_DUE, keys.SWEEP_CLAIMED],
             [claim.event_id, claim.lease_until_ms, "" if next_due_ms is None else next_due_ms],
         )
+
+    async def record_sweep(self, expired: int, seconds: float) -> None:
+        """Kept for /metrics and /readyz: the API processes never see the rq worker."""
+        async with _unavailable_on_failure(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.time()
+            (seconds_now, micros), *_ = await pipe.execute()
+            now_ms = int(seconds_now) * 1000 + int(micros) // 1000
+            pipe.hset(
+                keys.SWEEP_STATS,
+                mapping={"lastSuccess": now_ms, "lastSeconds": seconds, "lastExpired": expired},
+            )
+            pipe.hincrby(keys.SWEEP_STATS, "runs", 1)
+            pipe.hincrby(keys.SWEEP_STATS, "expired", expired)
+            await pipe.execute()
+
+    async def sweep_stats(self) -> tuple[SweepStats, int]:
+        """The sweep's record and the store's clock (ms)."""
+        async with _unavailable_on_failure():
+            raw, (seconds, micros) = await self._batcher.submit(
+                ("HGETALL", keys.SWEEP_STATS), ("TIME",)
+            )
+        last = raw.get("lastSuccess")
+        stats = SweepStats(
+            last_success_ms=int(last) if last else None,
+            last_seconds=float(raw.get("lastSeconds", 0)),
+            last_expired=int(raw.get("lastExpired", 0)),
+            runs=int(raw.get("runs", 0)),
+            expired=int(raw.get("expired", 0)),
+        )
+        return stats, int(seconds) * 1000 + int(micros) // 1000
+
+    async def event_counts(self, limit: int) -> list[EventCounts]:
+        """Name and seat counters of up to `limit` events (by id): O(events), not O(seats)."""
+        async with _unavailable_on_failure():
+            members = await self._redis.smembers(keys.EVENTS)
+            event_ids = sorted(str(m) for m in members)[:limit]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for event_id in event_ids:
+                    k = keys.event_keys(event_id)
+                    pipe.hmget(k.meta, ["name", "held", "booked"])
+                    pipe.zcard(k.seats)
+                replies = await pipe.execute()
+        counts = []
+        for i, event_id in enumerate(event_ids):
+            (name, held, booked), total = replies[2 * i], replies[2 * i + 1]
+            if name is not None:
+                counts.append(EventCounts(event_id, name, total, int(held), int(booked)))
+        return counts
