@@ -314,16 +314,18 @@ class RedisStore:
         self, event_id: str, reservation_id: str
     ) -> tuple[Reservation | None, int]:
         k = keys.event_keys(event_id)
+        raw, now_ms = await self._with_clock(("HGET", k.reservations, reservation_id))
+        return (_reservation(raw) if raw else None), now_ms
+
+    async def _with_clock(self, command: tuple[Any, ...]) -> tuple[Any, int]:
+        """A read and Redis's clock (ms), in one round trip."""
         async with _unavailable_on_failure():
-            raw, clock = await self._batcher.submit(
-                ("HGET", k.reservations, reservation_id), ("TIME",)
-            )
-            for reply in (raw, clock):
+            replies = await self._batcher.submit(command, ("TIME",))
+            for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
-        seconds, micros = clock
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
-        return (_reservation(raw) if raw else None), now_ms
+        raw, (seconds, micros) = replies
+        return raw, int(seconds) * 1000 + int(micros) // 1000
 
     # The sweep's side (seatres.jobs.sweep)
 
@@ -368,10 +370,7 @@ class RedisStore:
 
     async def sweep_stats(self) -> tuple[SweepStats, int]:
         """The sweep's record and the store's clock (ms)."""
-        async with _unavailable_on_failure():
-            raw, (seconds, micros) = await self._batcher.submit(
-                ("HGETALL", keys.SWEEP_STATS), ("TIME",)
-            )
+        raw, now_ms = await self._with_clock(("HGETALL", keys.SWEEP_STATS))
         last = raw.get("lastSuccess")
         stats = SweepStats(
             last_success_ms=int(last) if last else None,
@@ -380,7 +379,7 @@ class RedisStore:
             runs=int(raw.get("runs", 0)),
             expired=int(raw.get("expired", 0)),
         )
-        return stats, int(seconds) * 1000 + int(micros) // 1000
+        return stats, now_ms
 
     async def event_counts(self, limit: int) -> list[EventCounts]:
         """Name and seat counters of up to `limit` events (by id): O(events), not O(seats)."""
