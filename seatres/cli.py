@@ -4,12 +4,13 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from pydantic import ValidationError
 
-from seatres import tokens
+from seatres import logs, tokens
 from seatres.embedded import RedisServer
 from seatres.settings import Settings, describe, local_secret
 
@@ -39,18 +40,36 @@ def _redis_for(settings: Settings) -> Iterator[Settings]:
         server.stop()
 
 
+@contextmanager
+def _metrics_dir() -> Iterator[None]:
+    """prometheus-client's multiprocess mode: every uvicorn worker writes its samples to
+    files in a folder of this server's own, and /metrics adds them up."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # the operator chose one
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="seatres-metrics-") as path:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
 def _run_api(settings: Settings, host: str, port: int, workers: int) -> None:
     import uvicorn
 
-    uvicorn.run(
-        "seatres.http.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level,
-        access_log=False,
-    )
+    with _metrics_dir():
+        uvicorn.run(
+            "seatres.http.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=settings.log_level,
+            log_config=logs.dict_config(settings.log_level),
+            # seatres logs each request itself (seatres/http/observe.py), with its request id
+            access_log=False,
+        )
 
 
 @contextmanager
@@ -114,6 +133,34 @@ def cmd_scheduler(args: argparse.Namespace) -> None:
     run_scheduler(_settings(), burst=args.burst)
 
 
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from seatres import inspection
+
+    try:
+        output = inspection.run(
+            _settings(),
+            args.what,
+            getattr(args, "target", ""),
+            as_json=args.json,
+            limit=getattr(args, "limit", 10),
+            all_seats=getattr(args, "all", False),
+            max_keys=getattr(args, "max_keys", inspection.MAX_KEYS),
+        )
+    except inspection.InspectError as exc:
+        sys.exit(f"seatres inspect: {exc}")
+    sys.stdout.write(output)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seatres", description="Redis-backed seat reservations")
     sub = p.add_subparsers(dest="command", required=True)
@@ -150,6 +197,31 @@ def parser() -> argparse.ArgumentParser:
     )
     scheduler.add_argument("--burst", action="store_true", help="one pass, then exit")
     scheduler.set_defaults(func=cmd_scheduler)
+
+    inspect = sub.add_parser(
+        "inspect", help="read-only look at the reservations' Redis (SEATRES_REDIS_URL)"
+    )
+    inspect.set_defaults(func=cmd_inspect)
+    what = inspect.add_subparsers(dest="what", required=True)
+    event = what.add_parser(
+        "event", help="counters, seats by status, holds due soon, top customers, log, sweep"
+    )
+    event.add_argument("target", metavar="eventId")
+    event.add_argument("--limit", type=_positive, default=10, help="entries per list (default 10)")
+    event.add_argument("--all", action="store_true", help="list every seat of each status")
+    reservation = what.add_parser(
+        "reservation", help="every field, effective state, seat claims, history, log entries"
+    )
+    reservation.add_argument("target", metavar="reservationId")
+    keys = what.add_parser("keys", help="the key schema with live counts (SCAN, bounded)")
+    keys.add_argument(
+        "--max-keys",
+        type=_positive,
+        default=100_000,
+        help="stop counting a prefix after this many keys (default 100000)",
+    )
+    for cmd in (event, reservation, keys):
+        cmd.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 

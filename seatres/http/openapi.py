@@ -152,6 +152,15 @@ def openapi_document() -> dict[str, Any]:
             **_errors(400, 404, 422, *_AUTH_ERRORS),
         },
     }
+    seat_page_params = [
+        *event_param,
+        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+        },
+    ]
     paths = {
         "/events/{eventId}": {
             "put": {
@@ -173,15 +182,7 @@ def openapi_document() -> dict[str, Any]:
         "/events/{eventId}/seats": {
             "get": {
                 "summary": "One page of seats with their status, ordered by seat id",
-                "parameters": [
-                    *event_param,
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                    },
-                ],
+                "parameters": seat_page_params,
                 "responses": {
                     **_ok(200, "SeatPage", "Seats"),
                     **_errors(400, 404, *_AUTH_ERRORS),
@@ -251,6 +252,44 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "This document",
                 "security": [],
                 "responses": {"200": {"description": "OpenAPI 3.1 document"}},
+            }
+        },
+        "/ui/events/{eventId}": {
+            "get": {
+                "summary": "Live seat map (HTML page, no data in it). Its script polls "
+                "/ui/events/{eventId}/seats with the admin token given as #token=... or typed",
+                "security": [],
+                "parameters": event_param,
+                "responses": {
+                    "200": {
+                        "description": "The page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(400),
+                },
+            }
+        },
+        "/ui/events/{eventId}/seats": {
+            "get": {
+                "summary": "The seat map's data (admin): as /events/{eventId}/seats, "
+                "limit 1000 unless given",
+                "parameters": seat_page_params,
+                "responses": {
+                    **_ok(200, "SeatPage", "Seats"),
+                    **_errors(400, 403, 404, *_AUTH_ERRORS),
+                },
+            }
+        },
+        "/ui/static/{name}": {
+            "get": {
+                "summary": "The seat map's script (seat_map.js) and style sheet (seat_map.css)",
+                "security": [],
+                "parameters": [_path_param("name")],
+                "responses": {
+                    "200": {"description": "The file"},
+                    "304": {"description": "Unchanged since the If-None-Match ETag"},
+                    **_errors(404),
+                },
             }
         },
     }

@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from seatres.domain.errors import DomainError, SeatUnavailable, ValidationFailed
 from seatres.domain.models import Outcome
-from seatres.http import render
+from seatres.http import render, ui
 from seatres.http.openapi import openapi_document
 from seatres.http.problems import REPLAYED_HEADER, problem
 from seatres.http.requests import app_state, caller, idempotency, json_body
@@ -162,4 +162,5 @@ ROUTES = [
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
+    *ui.ROUTES,
 ]

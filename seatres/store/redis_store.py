@@ -382,10 +382,15 @@ class RedisStore:
         return stats, now_ms
 
     async def event_counts(self, limit: int) -> list[EventCounts]:
-        """Name and seat counters of up to `limit` events (by id): O(events), not O(seats)."""
+        """Name and seat counters of up to `limit` events: O(limit), not O(seats), and
+        SSCAN rather than SMEMBERS, so a huge events set costs no more."""
         async with _unavailable_on_failure():
-            members = await self._redis.smembers(keys.EVENTS)
-            event_ids = sorted(str(m) for m in members)[:limit]
+            event_ids: list[str] = []
+            async for member in self._redis.sscan_iter(keys.EVENTS, count=limit):
+                event_ids.append(str(member))
+                if len(event_ids) >= limit:
+                    break
+            event_ids.sort()
             async with self._redis.pipeline(transaction=False) as pipe:
                 for event_id in event_ids:
                     k = keys.event_keys(event_id)

@@ -1,0 +1,357 @@
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine: every command is
+a real `seatres` command, every variable a real setting (with a value it accepts), Redis
+keeps an append-only file, restart policies, healthchecks and dependencies make sense, and
+the worker's and scheduler's healthchecks tell a live service from a dead one against a
+real Redis. `docker compose config` (or docker-compose) validates the file too, where
+installed."""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from rq import Queue, Worker
+from rq_scheduler import Scheduler
+
+from seatres.cli import parser
+from seatres.embedded import RedisServer
+from seatres.jobs.runner import EXPIRE_JOB_ID, register_cron
+from seatres.settings import Settings
+from tests.processes import seatres_env
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+SERVICES = {"redis", "api", "worker", "scheduler"}
+SEATRES_SERVICES = SERVICES - {"redis"}
+SECRET_FOR_INTERPOLATION = "s" * 40
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}
+INTERPOLATION = re.compile(
+    r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    # safe_load resolves the x-seatres anchor and its `<<` merges
+    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = compose["services"]
+    return found
+
+
+def command_of(service: dict[str, Any]) -> list[str]:
+    command = service.get("command", [])
+    if isinstance(command, str):
+        return shlex.split(command)
+    return [str(part) for part in command]
+
+
+def environment_of(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.partition("=")[::2] for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def interpolate(value: str) -> str:
+    """A compose value as the container would see it, with the host's variables unset:
+    the default of ${X:-default}, a valid stand-in for a required ${X:?...}."""
+
+    def one(match: re.Match[str]) -> str:
+        op, arg = match["op"], match["arg"]
+        if op in (":-", "-"):
+            return arg
+        return SECRET_FOR_INTERPOLATION
+
+    return INTERPOLATION.sub(one, value)
+
+
+def parse_seatres(argv: list[str]) -> Any:
+    """argv (after `seatres`) as the real CLI parses it; a parse error fails the test."""
+    try:
+        return parser().parse_args(argv)
+    except SystemExit as exc:
+        pytest.fail(f"`seatres {' '.join(argv)}` is not a valid seatres command (exit {exc})")
+
+
+def setting_name(variable: str) -> str:
+    return variable.removeprefix("SEATRES_").lower()
+
+
+def flags(command: list[str]) -> dict[str, str]:
+    """`--name value` pairs of a command line."""
+    return {
+        command[i].removeprefix("--"): command[i + 1]
+        for i in range(len(command) - 1)
+        if command[i].startswith("--")
+    }
+
+
+def healthcheck_test(service: dict[str, Any]) -> list[str]:
+    test = service["healthcheck"]["test"]
+    if isinstance(test, str):
+        return ["CMD-SHELL", test]
+    return [str(part) for part in test]
+
+
+# docker-compose.yml
+
+
+def test_the_four_services_exist(services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) == SERVICES
+
+
+def test_the_seatres_anchor_is_merged_into_every_seatres_service(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in SEATRES_SERVICES:
+        service = services[name]
+        assert service["build"] == ".", name
+        assert "SEATRES_REDIS_URL" in environment_of(service), name
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy", name
+
+
+@pytest.mark.parametrize("name", sorted(SEATRES_SERVICES))
+def test_every_command_is_a_real_seatres_command(
+    services: dict[str, dict[str, Any]], name: str
+) -> None:
+    command = command_of(services[name])
+    assert command and command[0] == "seatres", command
+    args = parse_seatres(command[1:])
+    assert args.command == ("serve" if name == "api" else name)
+    assert callable(args.func)
+
+
+def test_a_command_that_is_not_seatres_fails_the_check() -> None:
+    with pytest.raises(pytest.fail.Exception):
+        parse_seatres(["serve", "--wrokers", "2"])
+    with pytest.raises(pytest.fail.Exception):
+        parse_seatres(["expire-everything"])
+
+
+def test_every_seatres_variable_is_a_setting_with_a_valid_value(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    fields = set(Settings.model_fields)
+    for name in SEATRES_SERVICES:
+        env = environment_of(services[name])
+        assert env, name
+        for variable in env:
+            assert variable.startswith("SEATRES_"), f"{name}: {variable} is no seatres setting"
+            assert setting_name(variable) in fields, f"{name}: {variable} is no seatres setting"
+        values = {setting_name(k): interpolate(v) for k, v in env.items()}
+        Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_interpolated_variables_are_settings_too(compose: dict[str, Any]) -> None:
+    """${SEATRES_X:-...} passes the host's SEATRES_X through: it must be a setting."""
+    fields = set(Settings.model_fields)
+    for match in INTERPOLATION.finditer(COMPOSE.read_text()):
+        assert match["name"].startswith("SEATRES_"), match[0]
+        assert setting_name(match["name"]) in fields, match[0]
+
+
+def test_the_services_reach_the_redis_service(services: dict[str, dict[str, Any]]) -> None:
+    for name in SEATRES_SERVICES:
+        url = environment_of(services[name])["SEATRES_REDIS_URL"]
+        host = re.match(r"redis://(?:[^@/]*@)?([^:/]+)", url)
+        assert host is not None and host[1] in services, url
+
+
+def test_redis_keeps_an_append_only_file(services: dict[str, dict[str, Any]]) -> None:
+    service = services["redis"]
+    command = command_of(service)
+    assert command[0] == "redis-server"
+    options = flags(command)
+    assert options.get("appendonly") == "yes"
+    assert options.get("appendfsync") in ("always", "everysec")
+    assert options.get("maxmemory-policy", "noeviction") == "noeviction"
+    assert any(str(volume).endswith(":/data") for volume in service["volumes"])
+
+
+def test_every_service_has_a_restart_policy(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        assert service.get("restart") in ("always", "unless-stopped", "on-failure"), name
+
+
+def test_healthchecks(services: dict[str, dict[str, Any]]) -> None:
+    assert {"api", "redis"} <= {name for name, s in services.items() if "healthcheck" in s}
+    for name, service in services.items():
+        if "healthcheck" not in service:
+            continue
+        test = healthcheck_test(service)
+        assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1, name
+        if test[:3] == ["CMD", "python", "-c"]:
+            compile(test[3], f"{name} healthcheck", "exec")
+    assert "/readyz" in healthcheck_test(services["api"])[-1]
+
+
+def test_dependencies_refer_to_services_that_can_satisfy_them(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    conditions = {"service_started", "service_healthy", "service_completed_successfully"}
+    for name, service in services.items():
+        depends = service.get("depends_on") or {}
+        if isinstance(depends, list):
+            depends = {d: {"condition": "service_started"} for d in depends}
+        for other, how in depends.items():
+            assert other in services and other != name, f"{name} depends on {other}"
+            assert how["condition"] in conditions, f"{name}: {how}"
+            if how["condition"] == "service_healthy":
+                assert "healthcheck" in services[other], f"{name}: {other} has no healthcheck"
+
+
+def _compose_cli() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker:
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def test_compose_config_accepts_the_file() -> None:
+    """`docker compose config` parses and validates the file against the Compose spec
+    without talking to an engine."""
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("neither `docker compose` nor docker-compose is installed")
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+    env = {**base, "SEATRES_JWT_SECRET": SECRET_FOR_INTERPOLATION}
+    result = subprocess.run(
+        [*cli, "-f", str(COMPOSE), "config", "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    missing = subprocess.run(
+        [*cli, "-f", str(COMPOSE), "config", "-q"],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode != 0 and "SEATRES_JWT_SECRET" in missing.stderr
+
+
+# The healthchecks of the worker and the scheduler, run against a real Redis
+
+
+@pytest.fixture
+def jobs_url(redis_server: RedisServer) -> Iterator[str]:
+    """Database 8 of the session's redis-server, emptied before and after."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/8"
+    with redis.Redis.from_url(url) as r:
+        r.flushdb()
+        yield url
+        r.flushdb()
+
+
+def _healthy(service: dict[str, Any], url: str) -> bool:
+    test = healthcheck_test(service)
+    assert test[:3] == ["CMD", "python", "-c"]
+    result = subprocess.run(
+        [sys.executable, "-c", test[3]],
+        env={**seatres_env(url), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode == 0
+
+
+def test_worker_healthcheck_sees_this_hosts_worker(
+    services: dict[str, dict[str, Any]], jobs_url: str
+) -> None:
+    assert not _healthy(services["worker"], jobs_url)
+    connection = redis.Redis.from_url(jobs_url)
+    worker = Worker([Queue("seatres", connection=connection)], connection=connection)
+    assert worker.hostname == socket.gethostname()
+    worker.register_birth()
+    try:
+        assert _healthy(services["worker"], jobs_url)
+    finally:
+        worker.register_death()
+    assert not _healthy(services["worker"], jobs_url)
+    connection.close()
+
+
+def test_scheduler_healthcheck_sees_an_overdue_expiry_job(
+    services: dict[str, dict[str, Any]], jobs_url: str
+) -> None:
+    assert not _healthy(services["scheduler"], jobs_url)
+    connection = redis.Redis.from_url(jobs_url)
+    register_cron(Scheduler(queue_name="seatres", connection=connection), "seatres")
+    assert _healthy(services["scheduler"], jobs_url)
+    connection.zadd(Scheduler.scheduled_jobs_key, {EXPIRE_JOB_ID: time.time() - 600})
+    assert not _healthy(services["scheduler"], jobs_url)
+    connection.close()
+
+
+# Dockerfile
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    instructions = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            instructions.append((word.upper(), rest.strip()))
+    return instructions
+
+
+def test_dockerfile_runs_a_real_seatres_command() -> None:
+    steps = dockerfile()
+    runs = [json.loads(args) for word, args in steps if word in ("CMD", "ENTRYPOINT")]
+    assert runs, "no CMD or ENTRYPOINT"
+    command = [part for run in runs for part in run]
+    assert command[0] == "seatres"
+    assert parse_seatres(command[1:]).command == "serve"
+
+
+def test_dockerfile_installs_the_package_and_runs_unprivileged() -> None:
+    steps = dockerfile()
+    copied = " ".join(args for word, args in steps if word == "COPY")
+    assert "pyproject.toml" in copied and "seatres" in copied
+    installs = [args for word, args in steps if word == "RUN"]
+    assert any(re.search(r"pip install (\S+ )*\.(\s|$)", args) for args in installs), installs
+    users = [args for word, args in steps if word == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    assert steps[0][0] == "FROM" and "python:3.11" in steps[0][1]
+
+
+def test_dockerfile_variables_are_settings() -> None:
+    fields = set(Settings.model_fields)
+    values = {}
+    for word, args in dockerfile():
+        if word == "ENV":
+            for assignment in shlex.split(args):
+                name, _, value = assignment.partition("=")
+                if name.startswith("SEATRES_"):
+                    assert setting_name(name) in fields, name
+                    values[setting_name(name)] = value
+    assert values["data_dir"], "the image needs a writable SEATRES_DATA_DIR"
+    Settings(_env_file=None, **values)  # type: ignore[call-arg]
