@@ -67,3 +67,12 @@ def idempotency(request: Request, body: Body | None = None) -> IdempotencyKey | 
     canonical = body.model_dump_json().encode() if body is not None else b""
     digest = hashlib.sha256(f"{request.method} {request.url.path}\n".encode() + canonical)
     return IdempotencyKey(key=key, fingerprint=digest.hexdigest())
+
+
+def page_query(request: Request, default_limit: int) -> tuple[str | None, int]:
+    """`cursor` and `limit` of a seats page (the domain checks their values)."""
+    try:
+        limit = int(request.query_params.get("limit", default_limit))
+    except ValueError:
+        raise ValidationFailed("limit must be an integer") from None
+    return request.query_params.get("cursor") or None, limit

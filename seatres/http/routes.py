@@ -8,12 +8,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from seatres.domain.errors import DomainError, SeatUnavailable, ValidationFailed
+from seatres.domain.errors import DomainError, SeatUnavailable
 from seatres.domain.models import Outcome
 from seatres.http import render, ui
 from seatres.http.openapi import openapi_document
 from seatres.http.problems import REPLAYED_HEADER, problem
-from seatres.http.requests import app_state, caller, idempotency, json_body
+from seatres.http.requests import app_state, caller, idempotency, json_body, page_query
 from seatres.http.schemas import EventBody, ExtendBody, ReserveBody
 from seatres.metrics import store_families
 
@@ -46,11 +46,7 @@ async def get_event(request: Request) -> Response:
 async def get_seats(request: Request) -> Response:
     caller(request)
     event_id = request.path_params["eventId"]
-    try:
-        limit = int(request.query_params.get("limit", DEFAULT_PAGE_SIZE))
-    except ValueError:
-        raise ValidationFailed("limit must be an integer") from None
-    cursor = request.query_params.get("cursor") or None
+    cursor, limit = page_query(request, DEFAULT_PAGE_SIZE)
     page = await app_state(request).service.seat_page(event_id, cursor, limit)
     return _json(render.seat_page(event_id, page))
 

@@ -24,9 +24,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from seatres.domain import ids
-from seatres.domain.errors import Forbidden, ValidationFailed
+from seatres.domain.errors import Forbidden
 from seatres.http import render
-from seatres.http.requests import app_state, caller
+from seatres.http.requests import app_state, caller, page_query
 
 PAGE = "seat_map.html"
 # Assets served under /ui/static/{name}, by name only: nothing else in the folder is.
@@ -100,11 +100,7 @@ async def admin_seats(request: Request) -> Response:
     if not caller(request).is_admin:
         raise Forbidden("The seat map needs an admin token (scope seatres:admin)")
     event_id = request.path_params["eventId"]
-    try:
-        limit = int(request.query_params.get("limit", DEFAULT_PAGE_SIZE))
-    except ValueError:
-        raise ValidationFailed("limit must be an integer") from None
-    cursor = request.query_params.get("cursor") or None
+    cursor, limit = page_query(request, DEFAULT_PAGE_SIZE)
     page = await app_state(request).service.seat_page(event_id, cursor, limit)
     return Response(
         render.dump_json(render.seat_page(event_id, page)),
