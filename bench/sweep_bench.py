@@ -48,8 +48,8 @@ SLOWLOG_US = 500
 
 
 def load_due_holds(r: redis.Redis, events: int, seats: int) -> int:
-    """events x seats one-seat holds of 1 ms, made by the reserve script; the sweep index
-    is written beside them as RedisStore.reserve does."""
+    """events x seats one-seat holds of 1 ms, made by the reserve script; each event is
+    indexed for the sweep as RedisStore.reserve does after a hold."""
     upsert, reserve = scripts.script("upsert_event"), scripts.script("reserve")
     r.script_load(upsert.source)
     r.script_load(reserve.source)

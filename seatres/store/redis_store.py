@@ -3,6 +3,7 @@
 Result codes of the scripts are mapped to domain errors here and nowhere else
 (`_error_for`). Connection trouble becomes StoreUnavailable (503), never a 500."""
 
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -49,6 +50,8 @@ from seatres.domain.models import (
 from seatres.domain.states import ReservationState, Transition
 from seatres.store import keys, scripts
 from seatres.store.batching import TickBatcher
+
+log = logging.getLogger("seatres.store")
 
 # Script result codes (see the header of each file in seatres/lua).
 CREATED = 1
@@ -241,13 +244,22 @@ class RedisStore:
             *idempotency_args,
             *seat_ids,
         ]
-        # The sweep index lives in another slot, so it is written beside the script,
-        # in the same round trip. Its score is this host's estimate of the expiry; the
-        # sweep re-reads the true one from the event's holds set.
-        due_estimate = int(time.time() * 1000) + hold_ms
-        index = ("ZADD", keys.SWEEP_DUE, "LT", due_estimate, event_id)
-        result = await self._run("reserve", [*keys.event_keys(event_id), *extra_key], args, index)
-        return _outcome(result, "Event")
+        result = await self._run("reserve", [*keys.event_keys(event_id), *extra_key], args)
+        outcome = _outcome(result, "Event")
+        if not outcome.replayed:  # a replay's first answer indexed the hold already
+            await self._index_hold(event_id, outcome.reservation.expires_at_ms)
+        return outcome
+
+    async def _index_hold(self, event_id: str, expires_at_ms: int) -> None:
+        """Tell the sweep the event has a hold due at expires_at_ms. The index lives in
+        another slot, so this is its own command, after the script: a refused reserve
+        changes nothing in Redis. If it fails, the hold stands (the client is told so);
+        it still expires lazily, and with the event's next indexed hold."""
+        try:
+            async with _unavailable_on_failure():
+                await self._batcher.execute("ZADD", keys.SWEEP_DUE, "LT", expires_at_ms, event_id)
+        except StoreUnavailable as exc:
+            log.warning("hold of event %s not indexed for the sweep: %s", event_id, exc.detail)
 
     async def transition(
         self,
