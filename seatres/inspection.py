@@ -722,7 +722,7 @@ SINGLE_KEY_SCHEMA: dict[str, tuple[str, str]] = {
     keys.SWEEP_DUE: ("zset", "eventId -> earliest time (ms) it may have a due hold"),
     keys.SWEEP_CLAIMED: ("zset", "eventId -> until when (ms) a running sweep owns it"),
     keys.SWEEP_STATS: ("hash", "the expiry job's last success (ms), runs, expired"),
-    keys.EVENTS: ("set", "every event id (written beside each upsert)"),
+    keys.EVENTS: ("set", "every event id (written after each upsert)"),
 }
 # Elements of a key, by type: only O(1) commands.
 _SIZE: dict[str, Callable[[Any, str], Any]] = {

@@ -15,7 +15,7 @@ SWEEP_DUE = f"{PREFIX}:{{sweep}}:due"
 SWEEP_CLAIMED = f"{PREFIX}:{{sweep}}:claimed"
 # hash: lastSuccess (ms), lastSeconds, lastExpired, runs, expired (totals) of the sweep
 SWEEP_STATS = f"{PREFIX}:{{sweep}}:stats"
-# set: every event id (for /metrics and `seatres inspect keys`; written beside upserts)
+# set: every event id (for /metrics and `seatres inspect keys`; written after upserts)
 EVENTS = f"{PREFIX}:{{index}}:events"
 
 

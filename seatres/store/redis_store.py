@@ -163,21 +163,14 @@ class RedisStore:
             if not await scripts.scripts_loaded(self._redis):
                 await scripts.load_all(self._redis)
 
-    async def _run(
-        self,
-        name: str,
-        script_keys: Sequence[str],
-        args: Sequence[str | int],
-        *beside: tuple[Any, ...],
-    ) -> Any:
-        """EVALSHA through the tick batcher, with any `beside` commands in the same round
-        trip (their replies are not looked at); NOSCRIPT loads the script and sends again."""
+    async def _run(self, name: str, script_keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """EVALSHA through the tick batcher; NOSCRIPT loads the script and sends again."""
         s = scripts.script(name)
         call = ("EVALSHA", s.sha, len(script_keys), *script_keys, *args)
         started = time.perf_counter()
         async with _unavailable_on_failure():
             for _ in range(2):
-                reply, *_ = await self._batcher.submit(call, *beside)
+                (reply,) = await self._batcher.submit(call)
                 if not isinstance(reply, NoScriptError):
                     break
                 await self._redis.script_load(s.source)
@@ -201,11 +194,13 @@ class RedisStore:
             "upsert_event",
             keys.event_keys(event_id),
             [event_id, name, self._log_max_length, *seat_ids],
-            ("SADD", keys.EVENTS, event_id),
         )
         code = int(result[0])
         if code < 0:
             raise _error_for(code, result[1:], "Event")
+        # the index of all events lives in its own slot: a command of its own
+        async with _unavailable_on_failure():
+            await self._batcher.execute("SADD", keys.EVENTS, event_id)
         return EventUpsert(created=code == CREATED, added=int(result[1]), removed=int(result[2]))
 
     async def event_summary(self, event_id: str) -> EventSummary:
