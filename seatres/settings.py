@@ -4,10 +4,11 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_LENGTH = 32
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class Settings(BaseSettings):
@@ -57,6 +58,13 @@ class Settings(BaseSettings):
     sweep_max_age_seconds: int = Field(default=180, ge=60, le=86_400)
     # How often rq-scheduler looks for due jobs; the expiry job itself runs every minute.
     scheduler_interval_seconds: int = Field(default=10, ge=1, le=60)
+
+    @field_validator("redis_url", "jobs_redis_url")
+    @classmethod
+    def _check_redis_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(REDIS_URL_SCHEMES):
+            raise ValueError(f"must start with one of {', '.join(REDIS_URL_SCHEMES)}")
+        return url
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "Settings":

@@ -91,6 +91,10 @@ def test_settings_defaults_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings(_env_file=None)  # type: ignore[call-arg]
     assert "SEATRES_HOLD_SECONDS" in describe(info.value)
     monkeypatch.setenv("SEATRES_HOLD_SECONDS", "30")
+    monkeypatch.setenv("SEATRES_REDIS_URL", "localhost:6379")
+    with pytest.raises(ValidationError) as info:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert "SEATRES_REDIS_URL: Value error, must start with one of redis://" in describe(info.value)
     monkeypatch.setenv("SEATRES_REDIS_URL", "redis://127.0.0.1:6379/0")
     with pytest.raises(ValidationError, match="SEATRES_JWT_SECRET is required"):
         Settings(_env_file=None)  # type: ignore[call-arg]
