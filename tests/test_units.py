@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import jwt
 import pytest
@@ -110,7 +111,7 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_cli_token(tmp_path: object) -> None:
+def test_cli_token() -> None:
     env = {"SEATRES_JWT_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
     out = run_cli("token", "--sub", "carol", "--admin", "--ttl", "120", env=env)
     assert out.returncode == 0, out.stderr
@@ -126,3 +127,16 @@ def test_cli_reports_bad_settings() -> None:
     assert out.returncode != 0
     assert "SEATRES_HOLD_SECONDS" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_one_embedded_redis_per_data_folder(tmp_path: Path) -> None:
+    from seatres.embedded import EmbeddedRedisError, RedisServer
+
+    first = RedisServer(tmp_path).start()
+    try:
+        with pytest.raises(EmbeddedRedisError, match="in use by another seatres process"):
+            RedisServer(tmp_path).start()
+    finally:
+        first.stop()
+    again = RedisServer(tmp_path).start()  # the lock went with the first server
+    again.stop()
