@@ -4,6 +4,7 @@ Result codes of the scripts are mapped to domain errors here and nowhere else
 (`_error_for`). Connection trouble becomes StoreUnavailable (503), never a 500."""
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import (
     BusyLoadingError,
     NoScriptError,
+    OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
 )
@@ -130,15 +132,26 @@ def _change(data: dict[str, Any]) -> Change:
     )
 
 
+# Error codes of a Redis that cannot take the command now but may soon: at the start of
+# the message, or after the "-" with which a script's error quotes them.
+_TRANSIENT = re.compile(
+    r"(?:^|-)(OOM|READONLY|MASTERDOWN|NOREPLICAS|LOADING|CLUSTERDOWN|TRYAGAIN) "
+)
+
+
 @asynccontextmanager
 async def _unavailable_on_failure() -> AsyncIterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError) as exc:
         raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
+    except OutOfMemoryError as exc:  # maxmemory with noeviction: nothing was written
+        raise StoreUnavailable(f"Redis is out of memory: {exc}") from exc
     except ResponseError as exc:
-        if str(exc).startswith(("OOM", "MASTERDOWN", "LOADING", "READONLY", "NOREPLICAS")):
-            raise StoreUnavailable(f"Redis refused the write: {exc}") from exc
+        # The same refusals raised inside a script arrive as a plain ResponseError:
+        # "Error running script (...): @user_script:...: -OOM command not allowed ..."
+        if _TRANSIENT.search(str(exc)):
+            raise StoreUnavailable(f"Redis refused the command: {exc}") from exc
         raise
 
 
