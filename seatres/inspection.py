@@ -15,20 +15,21 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
+from seatres.clock import iso_time, redis_time_ms
 from seatres.domain.errors import NotFound
 from seatres.domain.ids import event_of_reservation
 from seatres.domain.models import Reservation, SeatStatus
 from seatres.domain.states import ReservationState
 from seatres.settings import Settings
 from seatres.store import keys, scripts
+from seatres.store.connection import connect_sync
 from seatres.store.redis_store import _reservation
 
 # Seats per seat_page call while collecting the seats of each status.
@@ -79,11 +80,6 @@ def dumps(report: Any) -> str:
     return json.dumps(to_json(report), indent=2, ensure_ascii=False)
 
 
-def iso(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def redact(url: str) -> str:
     """A Redis URL fit to print: its password replaced by ***."""
     parts = urlsplit(url)
@@ -96,29 +92,12 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def connect(url: str, timeout: float) -> redis.Redis:
-    return redis.Redis.from_url(
-        url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
-
-
 # Small helpers on the sync client (its replies are typed loosely: converted here)
 
 
 def _now_ms(r: redis.Redis) -> int:
     clock: Any = r.time()
-    seconds, micros = clock
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-def _script(r: redis.Redis, name: str, script_keys: Sequence[str], args: Sequence[Any]) -> Any:
-    """One of the package's read-only scripts, by SHA; loaded first if Redis lacks it."""
-    s = scripts.script(name)
-    try:
-        return r.evalsha(s.sha, len(script_keys), *script_keys, *args)
-    except NoScriptError:
-        r.script_load(s.source)
-        return r.evalsha(s.sha, len(script_keys), *script_keys, *args)
+    return redis_time_ms(clock)
 
 
 def _score(r: redis.Redis, key: str, member: str) -> int | None:
@@ -160,7 +139,7 @@ def _log_entry(entry_id: str, data: dict[str, str]) -> LogEntry:
     seats = data.get("seats", "")
     return LogEntry(
         id=entry_id,
-        at=iso(int(at)),
+        at=iso_time(int(at)),
         reservation=data.get("reservation", ""),
         action=data.get("action", ""),
         from_state=data.get("from") or None,
@@ -273,7 +252,7 @@ def _seat_groups(
 
     cursor = ""
     while not enough():
-        page: Any = _script(r, "seat_page", k, [cursor, SEAT_PAGE])
+        page: Any = scripts.run_sync(r, "seat_page", k, [cursor, SEAT_PAGE])
         if page and page[0] == -1:
             raise InspectError(f"event {event_id!r} not found")
         for i in range(0, len(page), 2):
@@ -303,7 +282,7 @@ def _hold(rid: str, score: float, raw: str | None, now: int) -> Hold:
         reservation_id=rid,
         customer_id=data.get("customerId"),
         seat_ids=list(data.get("seatIds", [])),
-        expires_at=iso(expires),
+        expires_at=iso_time(expires),
         expires_in_seconds=_seconds(expires - now),
         due=expires <= now,
     )
@@ -314,10 +293,10 @@ def _sweep_state(r: redis.Redis, event_id: str, now: int) -> SweepState:
     claimed_until = _score(r, keys.SWEEP_CLAIMED, event_id)
     return SweepState(
         indexed=due_at is not None,
-        due_at=None if due_at is None else iso(due_at),
+        due_at=None if due_at is None else iso_time(due_at),
         due_in_seconds=None if due_at is None else _seconds(due_at - now),
         claimed=claimed_until is not None,
-        claimed_until=None if claimed_until is None else iso(claimed_until),
+        claimed_until=None if claimed_until is None else iso_time(claimed_until),
         claim_lapsed=claimed_until is not None and claimed_until <= now,
     )
 
@@ -330,7 +309,7 @@ def event_report(
     meta: Any = r.hgetall(k.meta)
     if not meta:
         raise InspectError(f"event {event_id!r} not found")
-    summary: Any = _script(r, "event_summary", k, [])
+    summary: Any = scripts.run_sync(r, "event_summary", k, [])
     if not summary:
         raise InspectError(f"event {event_id!r} not found")
     now = _now_ms(r)
@@ -387,9 +366,9 @@ def event_report(
     return EventReport(
         event_id=event_id,
         name=name,
-        created_at=iso(int(created)) if created else None,
-        updated_at=iso(int(updated)) if updated else None,
-        now=iso(now),
+        created_at=iso_time(int(created)) if created else None,
+        updated_at=iso_time(int(updated)) if updated else None,
+        now=iso_time(now),
         seats=counters,
         seats_by_status=groups,
         all_seats=all_seats,
@@ -588,18 +567,18 @@ def reservation_report(r: redis.Redis, reservation_id: str) -> ReservationReport
         state=res.state.value,
         effective_state=state.value,
         due_not_swept=due,
-        created_at=iso(res.created_at_ms),
-        expires_at=iso(res.expires_at_ms),
-        updated_at=iso(res.updated_at_ms),
+        created_at=iso_time(res.created_at_ms),
+        expires_at=iso_time(res.expires_at_ms),
+        updated_at=iso_time(res.updated_at_ms),
         expires_in_seconds=(
             _seconds(res.expires_at_ms - now) if res.state is ReservationState.RESERVED else None
         ),
         in_holds=in_holds,
-        now=iso(now),
+        now=iso_time(now),
         seats=claims,
         history=[
             HistoryEntry(
-                at=iso(c.at_ms),
+                at=iso_time(c.at_ms),
                 action=c.action,
                 from_state=c.from_state.value if c.from_state else None,
                 to_state=c.to_state.value,
@@ -856,7 +835,7 @@ def keys_report(
     return KeysReport(
         redis_url=redis_url,
         jobs_redis_url=jobs_redis_url or redis_url,
-        now=iso(now),
+        now=iso_time(now),
         db_size=int(r.dbsize()),
         complete=complete,
         events=len(with_meta),
@@ -944,12 +923,12 @@ def run(
             "embedded Redis; the one `seatres dev` started prints its URL)"
         )
     url = redact(settings.redis_url)
-    r = connect(settings.redis_url, settings.redis_timeout_seconds)
+    r = connect_sync(settings.redis_url, settings.redis_timeout_seconds)
     jobs_url = settings.effective_jobs_redis_url or settings.redis_url
     jobs = (
         None
         if jobs_url == settings.redis_url
-        else connect(jobs_url, settings.redis_timeout_seconds)
+        else connect_sync(jobs_url, settings.redis_timeout_seconds)
     )
     try:
         report: Any

@@ -25,8 +25,8 @@ from seatres.domain.errors import NotFound, ReservationExpired
 from seatres.domain.models import Caller, IdempotencyKey, Outcome, Reservation
 from seatres.domain.states import ReservationState, Transition
 from seatres.embedded import RedisServer
-from seatres.http.app import connect
 from seatres.store import keys
+from seatres.store.connection import connect
 from seatres.store.redis_store import RedisStore
 from tests.conftest import Backend, make_settings
 

@@ -5,9 +5,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -21,33 +19,13 @@ from seatres.http.state import AppState
 from seatres.metrics import Metrics
 from seatres.settings import Settings
 from seatres.store import scripts
+from seatres.store.connection import connect
 from seatres.store.redis_store import RedisStore
 from seatres.tokens import TokenVerifier
 
 log = logging.getLogger("seatres.http")
 
 RedisFactory = Callable[[Settings], Redis]
-
-
-def connect(settings: Settings) -> Redis:
-    if settings.redis_url is None:
-        raise RuntimeError("SEATRES_REDIS_URL is unset: start the service with `seatres serve`")
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_max_connections,
-        timeout=settings.redis_timeout_seconds,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        decode_responses=True,
-        # redis-py retries a command after a timeout or dropped connection, and every
-        # script is written so that running it twice for one request answers as the first
-        # run did. Few, quick retries: with Redis down a request gets its 503 in well under
-        # a second. The policy must be the pool's (its connections are what retry):
-        # Redis(connection_pool=pool, retry=...) ignores its retry argument.
-        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), settings.redis_retries),
-    )
-    # from_pool: the client owns the pool, so aclose() in the lifespan closes it too.
-    return Redis.from_pool(pool)
 
 
 def create_app(

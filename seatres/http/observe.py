@@ -53,7 +53,7 @@ class ObserveRequests:
         method = scope["method"]
         self.metrics.requests.labels(route, method, str(status)).inc()
         self.metrics.request_seconds.labels(route, method).observe(seconds)
-        if self.access_log:
+        if self.access_log and log.isEnabledFor(logging.INFO):
             fields: dict[str, Any] = {
                 "requestId": request_id,
                 "method": method,

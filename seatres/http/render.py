@@ -1,20 +1,15 @@
 """Domain values as JSON bodies (camelCase fields, ISO 8601 UTC times)."""
 
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from seatres.clock import iso_time
 from seatres.domain.models import Change, EventSummary, Reservation, SeatPage
 
 
 def dump_json(body: Any) -> bytes:
     return orjson.dumps(body)
-
-
-def iso_time(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def reservation(

@@ -17,12 +17,11 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
-
 from seatres.domain.errors import StoreUnavailable
 from seatres.domain.models import Claim
 from seatres.domain.ports import ExpiryStore
 from seatres.settings import Settings
+from seatres.store.connection import connect
 from seatres.store.redis_store import RedisStore
 
 log = logging.getLogger("seatres.jobs")
@@ -141,14 +140,7 @@ async def sweep(
 
 
 async def _sweep_redis(settings: Settings) -> SweepReport:
-    if settings.redis_url is None:
-        raise RuntimeError("SEATRES_REDIS_URL is unset: the sweep needs the reservations' Redis")
-    redis = Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-    )
+    redis = connect(settings)  # the reservations' Redis, as the API uses it
     try:
         store = RedisStore(redis, log_max_length=settings.log_max_length)
         report = await sweep(store, settings.sweep_batch_size)

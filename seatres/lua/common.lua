@@ -100,7 +100,8 @@ end
 -- The guards every caller-driven change of one reservation shares (confirm, cancel,
 -- extend). Returns nil and the reservation when the change may go ahead, or the reply:
 --   {-1}        not found, or not the caller's reservation
---   {2, json}   already in `target` state: unchanged (a client or redis-py retry)
+--   {2, json}   already in `target` state (when one is given): unchanged (a client or
+--               redis-py retry)
 --   {-5, json}  the hold had expired; one found due here is marked EXPIRED first, so
 --               a retry answers the same
 --   {-4, json}  any other state: the transition is not allowed
@@ -109,7 +110,7 @@ local function check_transition(K, id, caller_id, is_admin, target, now, log_max
   if not r or not may_access(r, caller_id, is_admin) then
     return {-1}
   end
-  if r.state == target then
+  if target and r.state == target then
     return {2, cjson.encode(r)}
   end
   if r.state == 'EXPIRED' then
@@ -127,37 +128,38 @@ end
 
 -- Idempotency keys. The answer of a request that carried a key is kept at K.idempotency
 -- with the request's fingerprint, in the same script as the change it answers for.
--- idempotent_answer returns nil when the script should run, or the reply to send:
+-- Returns `answer, reply`: when `answer` is not nil the script returns it at once:
 --   {-8}              the key was used for another request (fingerprint differs)
 --   {3, code, ...}    the remembered answer of an earlier request (a replay)
 --   {code, ...}       the remembered answer of this very request, sent again by a
 --                     redis-py retry (same nonce): answered as the first time
-local function idempotent_answer(K, fingerprint, nonce)
+-- Otherwise the script runs and passes every reply it gives through `reply`, which
+-- remembers it (when a key came) and returns it.
+local function idempotency(K, fingerprint, nonce, ttl_ms)
+  local function reply(r)
+    if fingerprint ~= '' then
+      local kept = cjson.encode({fingerprint = fingerprint, nonce = nonce, reply = r})
+      redis.call('SET', K.idempotency, kept, 'PX', ttl_ms)
+    end
+    return r
+  end
   if fingerprint == '' then
-    return nil
+    return nil, reply
   end
   local raw = redis.call('GET', K.idempotency)
   if not raw then
-    return nil
+    return nil, reply
   end
   local kept = cjson.decode(raw)
   if kept.fingerprint ~= fingerprint then
-    return {-8}
+    return {-8}, reply
   end
   if kept.nonce == nonce then
-    return kept.reply
+    return kept.reply, reply
   end
-  local reply = {3}
+  local replay = {3}
   for _, v in ipairs(kept.reply) do
-    reply[#reply + 1] = v
+    replay[#replay + 1] = v
   end
-  return reply
-end
-
-local function remember(K, reply, fingerprint, nonce, ttl_ms)
-  if fingerprint ~= '' then
-    local kept = cjson.encode({fingerprint = fingerprint, nonce = nonce, reply = reply})
-    redis.call('SET', K.idempotency, kept, 'PX', ttl_ms)
-  end
-  return reply
+  return replay, reply
 end

@@ -28,14 +28,14 @@ local K = event_keys()
 local id, caller_id, is_admin, log_max = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local nonce, fingerprint, idempotency_ttl = ARGV[5], ARGV[6], ARGV[7]
 
-local answer = idempotent_answer(K, fingerprint, nonce)
+local answer, reply = idempotency(K, fingerprint, nonce, idempotency_ttl)
 if answer then
   return answer
 end
 local now = now_ms()
 local refusal, r = check_transition(K, id, caller_id, is_admin, 'CONFIRMED', now, log_max)
 if refusal then
-  return remember(K, refusal, fingerprint, nonce, idempotency_ttl)
+  return reply(refusal)
 end
 
 redis.call('ZREM', K.holds, id)
@@ -45,4 +45,4 @@ r.state = 'CONFIRMED'
 r.updatedAt = now
 record(K, r, 'confirm', 'RESERVED', caller_id, now, log_max)
 save_reservation(K, r)
-return remember(K, {1, cjson.encode(r)}, fingerprint, nonce, idempotency_ttl)
+return reply({1, cjson.encode(r)})

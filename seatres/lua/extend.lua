@@ -20,7 +20,7 @@
 --   {-1}            not found, or not the caller's reservation
 --   {-4, json}      the reservation is CONFIRMED or CANCELLED
 --   {-5, json}      the hold had expired (a hold found due is marked EXPIRED first)
---   {-7, limit}     the hold would last longer than `limit` ms in all
+--   {-7, limit, 'seconds'}  the hold would last longer than `limit` seconds in all
 --   {-8}            the idempotency key was used for a different request
 
 local K = event_keys()
@@ -28,16 +28,13 @@ local id, caller_id, is_admin, log_max = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local nonce, fingerprint, idempotency_ttl = ARGV[5], ARGV[6], ARGV[7]
 local extra_ms, max_hold_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
 
-local answer = idempotent_answer(K, fingerprint, nonce)
+local answer, reply = idempotency(K, fingerprint, nonce, idempotency_ttl)
 if answer then
   return answer
 end
-local function reply(r)
-  return remember(K, r, fingerprint, nonce, idempotency_ttl)
-end
 local now = now_ms()
 -- no state means "already extended": a retry is recognised by its nonce instead
-local refusal, r = check_transition(K, id, caller_id, is_admin, '-', now, log_max)
+local refusal, r = check_transition(K, id, caller_id, is_admin, nil, now, log_max)
 if refusal then
   return reply(refusal)
 end
@@ -46,7 +43,7 @@ if r.lastExtension == nonce then
 end
 local expires_at = r.expiresAt + extra_ms
 if expires_at - r.createdAt > max_hold_ms then
-  return reply({-7, max_hold_ms})
+  return reply({-7, math.floor(max_hold_ms / 1000), 'seconds'})
 end
 
 r.expiresAt = expires_at

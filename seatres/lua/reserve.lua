@@ -23,7 +23,7 @@
 --   {-2, seat, ...}    seats that are not part of the event
 --   {-3, seat, ...}    seats held or booked by another active reservation
 --   {-6}               the id exists but belongs to another customer
---   {-7, limit}        the customer would have more than `limit` active seats
+--   {-7, limit, 'seats'}  the customer would have more than `limit` active seats
 --   {-8}               the idempotency key was used for a different request
 --
 -- Holds whose time has passed are expired here (lazy expiry) before their seats are
@@ -36,12 +36,9 @@ local hold_ms, max_per_customer, log_max = tonumber(ARGV[3]), tonumber(ARGV[4]),
 local fingerprint, idempotency_ttl = ARGV[6], ARGV[7]
 local FIRST_SEAT = 8
 
-local answer = idempotent_answer(K, fingerprint, id)
+local answer, reply = idempotency(K, fingerprint, id, idempotency_ttl)
 if answer then
   return answer
-end
-local function reply(r)
-  return remember(K, r, fingerprint, id, idempotency_ttl)
 end
 
 local existing = load_reservation(K, id)
@@ -101,7 +98,7 @@ if max_per_customer > 0 then
       end
     end
     if active + #seat_ids > max_per_customer then
-      return reply({-7, max_per_customer})
+      return reply({-7, max_per_customer, 'seats'})
     end
   end
 end

@@ -23,6 +23,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from seatres.clock import redis_time_ms
 from seatres.domain.errors import (
     DomainError,
     IdempotencyKeyMismatch,
@@ -86,7 +87,13 @@ def _error_for(code: int, payload: Sequence[Any], what: str) -> DomainError:
     if code == EXPIRED:
         return ReservationExpired("The hold expired; its seats are free again")
     if code == LIMIT_EXCEEDED:
-        return LimitExceeded(f"Over the limit of {payload[0]}", limit=int(payload[0]))
+        limit, unit = int(payload[0]), payload[1]
+        detail = (
+            f"A hold may last at most {limit} seconds"
+            if unit == "seconds"
+            else f"A customer may have at most {limit} seats active in this event"
+        )
+        return LimitExceeded(detail, limit=limit)
     if code == IDEMPOTENCY_MISMATCH:
         return IdempotencyKeyMismatch(
             "This Idempotency-Key was already used for a different request"
@@ -292,15 +299,9 @@ class RedisStore:
         max_hold_ms: int,
         idempotency: IdempotencyKey | None = None,
     ) -> Outcome:
-        try:
-            return await self._change(
-                "extend", event_id, reservation_id, caller, idempotency, [extra_ms, max_hold_ms]
-            )
-        except LimitExceeded as exc:
-            seconds = max_hold_ms // 1000
-            error = LimitExceeded(f"A hold may last at most {seconds} seconds", limit=seconds)
-            error.replayed = exc.replayed
-            raise error from None
+        return await self._change(
+            "extend", event_id, reservation_id, caller, idempotency, [extra_ms, max_hold_ms]
+        )
 
     async def _change(
         self,
@@ -344,8 +345,8 @@ class RedisStore:
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
-        raw, (seconds, micros) = replies
-        return raw, int(seconds) * 1000 + int(micros) // 1000
+        raw, clock = replies
+        return raw, redis_time_ms(clock)
 
     # The sweep's side (seatres.jobs.sweep)
 
@@ -378,8 +379,8 @@ class RedisStore:
         """Kept for /metrics and /readyz: the API processes never see the rq worker."""
         async with _unavailable_on_failure(), self._redis.pipeline(transaction=True) as pipe:
             pipe.time()
-            (seconds_now, micros), *_ = await pipe.execute()
-            now_ms = int(seconds_now) * 1000 + int(micros) // 1000
+            (clock,) = await pipe.execute()
+            now_ms = redis_time_ms(clock)
             pipe.hset(
                 keys.SWEEP_STATS,
                 mapping={"lastSuccess": now_ms, "lastSeconds": seconds, "lastExpired": expired},

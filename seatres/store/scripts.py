@@ -3,11 +3,15 @@ file, loaded once per Redis and called by SHA (RedisStore loads a script again w
 Redis answers NOSCRIPT: after a restart, a SCRIPT FLUSH or a failover)."""
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
 
+import redis
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,25 @@ SCRIPT_NAMES = (
 )
 
 
-async def load_all(redis: Redis) -> None:
-    for name in SCRIPT_NAMES:
-        await redis.script_load(script(name).source)
+async def load_all(client: Redis) -> None:
+    """Every script, in one round trip."""
+    async with client.pipeline(transaction=False) as pipe:
+        for name in SCRIPT_NAMES:
+            pipe.script_load(script(name).source)
+        await pipe.execute()
 
 
-async def scripts_loaded(redis: Redis) -> bool:
+async def scripts_loaded(client: Redis) -> bool:
     shas = [script(name).sha for name in SCRIPT_NAMES]
-    return all(await redis.script_exists(*shas))
+    return all(await client.script_exists(*shas))
+
+
+def run_sync(r: "redis.Redis", name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """A script on a sync client (command-line tools), by SHA, loaded first if need be.
+    (RedisStore does the same on the async client, through its batcher.)"""
+    s = script(name)
+    try:
+        return r.evalsha(s.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        r.script_load(s.source)
+        return r.evalsha(s.sha, len(keys), *keys, *args)
