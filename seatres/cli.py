@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pydantic import ValidationError
 
 from seatres import logs, tokens
+from seatres.domain.ids import CUSTOMER_ID_PATTERN
 from seatres.embedded import EmbeddedRedisError, RedisServer
 from seatres.settings import Settings, describe, local_secret
 
@@ -154,6 +155,22 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     sys.stdout.write(output)
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65_535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, not {value}")
+    return value
+
+
+def _customer_id(text: str) -> str:
+    if not CUSTOMER_ID_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError("1-128 printable ASCII characters, no spaces")
+    return text
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -170,13 +187,13 @@ def parser() -> argparse.ArgumentParser:
 
     def server_flags(cmd: argparse.ArgumentParser) -> None:
         cmd.add_argument("--host", help="default: SEATRES_HOST or 127.0.0.1")
-        cmd.add_argument("--port", type=int, help="default: SEATRES_PORT or 8000")
+        cmd.add_argument("--port", type=_port, help="default: SEATRES_PORT or 8000")
 
     serve = sub.add_parser(
         "serve", help="run the HTTP API (embedded Redis if SEATRES_REDIS_URL is unset)"
     )
     server_flags(serve)
-    serve.add_argument("--workers", type=int, help="default: SEATRES_WORKERS or 1")
+    serve.add_argument("--workers", type=_positive, help="default: SEATRES_WORKERS or 1")
     serve.set_defaults(func=cmd_serve)
 
     dev = sub.add_parser(
@@ -186,9 +203,11 @@ def parser() -> argparse.ArgumentParser:
     dev.set_defaults(func=cmd_dev)
 
     token = sub.add_parser("token", help="print a signed JWT")
-    token.add_argument("--sub", required=True, help="customer id")
+    token.add_argument("--sub", required=True, type=_customer_id, help="customer id")
     token.add_argument("--admin", action="store_true", help="add scope seatres:admin")
-    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    token.add_argument(
+        "--ttl", type=_positive, default=3600, help="lifetime in seconds (default 3600)"
+    )
     token.set_defaults(func=cmd_token)
 
     worker = sub.add_parser("worker", help="run an rq worker for the expiry job")
@@ -230,8 +249,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    if getattr(args, "ttl", 1) <= 0:
-        sys.exit("--ttl must be positive")
     args.func(args)
 
 

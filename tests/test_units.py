@@ -140,3 +140,20 @@ def test_one_embedded_redis_per_data_folder(tmp_path: Path) -> None:
         first.stop()
     again = RedisServer(tmp_path).start()  # the lock went with the first server
     again.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["token", "--sub", "a b"], "argument --sub: 1-128 printable ASCII"),
+        (["token", "--sub", "x", "--ttl", "0"], "argument --ttl: must be positive"),
+        (["serve", "--workers", "0"], "argument --workers: must be positive"),
+        (["serve", "--port", "99999"], "argument --port: a port is 0-65535"),
+        (["dev", "--port", "abc"], "argument --port: not a port number"),
+    ],
+)
+def test_cli_refuses_bad_arguments_clearly(args: list[str], message: str) -> None:
+    out = run_cli(*args, env={"SEATRES_JWT_SECRET": SECRET, "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
