@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import fakeredis
+import hypothesis
 import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
@@ -19,6 +20,23 @@ from seatres.http.app import create_app
 from seatres.settings import Settings
 
 SECRET = "test-secret-" + "x" * 40
+
+# CI machines are shared and noisy: hypothesis must not fail a test for being slow.
+hypothesis.settings.register_profile("seatres", deadline=None, print_blob=True)
+hypothesis.settings.load_profile("seatres")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="soak mode: the torture test runs 1,000,000+ operations, the model tests more examples",
+    )
+
+
+@pytest.fixture(scope="session")
+def long_mode(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--long"))
 
 
 @pytest.fixture(scope="session")
