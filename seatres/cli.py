@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pydantic import ValidationError
 
 from seatres import logs, tokens
+from seatres import workers as seatres_workers
 from seatres.domain.ids import CUSTOMER_ID_PATTERN
 from seatres.embedded import EmbeddedRedisError, RedisServer
 from seatres.settings import Settings, describe, local_secret
@@ -60,20 +61,24 @@ def _metrics_dir() -> Iterator[None]:
 
 
 def _run_api(settings: Settings, host: str, port: int, workers: int) -> None:
-    import uvicorn
-
+    options: dict[str, object] = {
+        "app": "seatres.http.app:create_app",
+        "factory": True,
+        "log_level": settings.log_level,
+        "log_config": logs.dict_config(settings.log_level),
+        # seatres logs each request itself (seatres/http/observe.py), with its request id
+        "access_log": False,
+        # nothing in seatres reads the client's address: skip uvicorn's X-Forwarded-*
+        # middleware, one layer less on every request
+        "proxy_headers": False,
+    }
     with _metrics_dir():
-        uvicorn.run(
-            "seatres.http.app:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level=settings.log_level,
-            log_config=logs.dict_config(settings.log_level),
-            # seatres logs each request itself (seatres/http/observe.py), with its request id
-            access_log=False,
-        )
+        if workers == 1:
+            import uvicorn
+
+            uvicorn.run(host=host, port=port, **options)  # type: ignore[arg-type]
+        else:
+            seatres_workers.run(seatres_workers.WorkerSpec(host, port, options), workers)
 
 
 @contextmanager

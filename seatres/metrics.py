@@ -62,6 +62,31 @@ class Metrics:
             registry=r,
         )
 
+        # Children by label values: labels() validates and locks on every call, and the
+        # hot path counts every request. The label sets are few (routes x methods x
+        # statuses, transitions x results).
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._transition_children: dict[tuple[str, str], Counter] = {}
+
+    def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.request_seconds.labels(route, method),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def count_transition(self, transition: str, result: str) -> None:
+        key = (transition, result)
+        child = self._transition_children.get(key)
+        if child is None:
+            child = self._transition_children[key] = self.transitions.labels(transition, result)
+        child.inc()
+
     def collecting_registry(self) -> CollectorRegistry:
         """What /metrics exposes: every worker's samples in multiprocess mode."""
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:

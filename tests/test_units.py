@@ -1,7 +1,9 @@
 """Ids, tokens, settings and the CLI, without Redis."""
 
+import random
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
@@ -9,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from seatres import tokens
+from seatres.clock import iso_time
 from seatres.domain.errors import NotFound, Unauthorized, ValidationFailed
 from seatres.domain.ids import check_id, event_of_reservation, new_reservation_id
 from seatres.settings import Settings, describe
@@ -157,3 +160,13 @@ def test_cli_refuses_bad_arguments_clearly(args: list[str], message: str) -> Non
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_iso_time_matches_datetime() -> None:
+    rng = random.Random(7)
+    samples = [0, 999, 1000, 1_764_000_000_000, 4_102_444_799_999]
+    samples += [rng.randrange(0, 4_102_444_800_000) for _ in range(2000)]
+    for ms in samples:
+        moment = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
+        expected = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert iso_time(ms) == expected, ms

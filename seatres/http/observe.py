@@ -38,9 +38,8 @@ class ObserveRequests:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER, request_id.encode()))
-                message = {**message, "headers": headers}
+                # the message is made for this one send: add to it rather than copy it
+                message.setdefault("headers", []).append((REQUEST_ID_HEADER, request_id.encode()))
             await send(message)
 
         try:
@@ -51,8 +50,7 @@ class ObserveRequests:
     def _observe(self, scope: Scope, request_id: str, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", "unmatched")
         method = scope["method"]
-        self.metrics.requests.labels(route, method, str(status)).inc()
-        self.metrics.request_seconds.labels(route, method).observe(seconds)
+        self.metrics.count_request(route, method, status, seconds)
         if self.access_log and log.isEnabledFor(logging.INFO):
             fields: dict[str, Any] = {
                 "requestId": request_id,

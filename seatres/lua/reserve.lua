@@ -49,10 +49,6 @@ if existing then
   return reply({2, cjson.encode(existing)})
 end
 
-if redis.call('EXISTS', K.meta) == 0 then
-  return reply({-1})
-end
-
 local now = now_ms()
 local seat_ids = {}
 local unknown = {}
@@ -61,21 +57,26 @@ local stale = {}
 for i = FIRST_SEAT, #ARGV do
   local seat = ARGV[i]
   seat_ids[#seat_ids + 1] = seat
-  if not redis.call('ZSCORE', K.seats, seat) then
-    unknown[#unknown + 1] = seat
-  else
-    local holder_id = redis.call('HGET', K.claims, seat)
-    if holder_id then
-      local live, due_holder = claim_is_live(K, holder_id, now)
-      if live then
-        taken[#taken + 1] = seat
-      else
-        stale[holder_id] = due_holder
-      end
+  -- The claim first: on a burst most calls end here, in a conflict. A claimed seat is
+  -- always one of the event's (upsert_event never removes a claimed seat), so only an
+  -- unclaimed one needs the seats lookup.
+  local holder_id = redis.call('HGET', K.claims, seat)
+  if holder_id then
+    local live, due_holder = claim_is_live(K, holder_id, now)
+    if live then
+      taken[#taken + 1] = seat
+    else
+      stale[holder_id] = due_holder
     end
+  elseif not redis.call('ZSCORE', K.seats, seat) then
+    unknown[#unknown + 1] = seat
   end
 end
 if #unknown > 0 then
+  -- an event that does not exist has no seats at all
+  if redis.call('EXISTS', K.meta) == 0 then
+    return reply({-1})
+  end
   return reply({-2, unpack(unknown)})
 end
 if #taken > 0 then
