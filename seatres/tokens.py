@@ -3,6 +3,7 @@
 Verified tokens are cached until they expire: on a flash-sale burst the same few
 thousand tokens arrive again and again, and HMAC verification is per-request CPU."""
 
+import math
 import time
 
 import jwt
@@ -15,6 +16,7 @@ ALGORITHM = "HS256"
 ADMIN_SCOPE = "seatres:admin"
 LEEWAY_SECONDS = 5
 _CACHE_LIMIT = 50_000
+_TIME_CLAIMS = ("exp", "nbf", "iat")
 
 
 def mint(secret: str, subject: str, *, admin: bool = False, ttl_seconds: int = 3600) -> str:
@@ -60,4 +62,25 @@ class TokenVerifier:
         if not isinstance(subject, str) or not CUSTOMER_ID_PATTERN.fullmatch(subject):
             raise Unauthorized("The token's sub must be 1-128 printable ASCII characters")
         scopes = str(claims.get("scope", "")).split()
-        return Caller(customer_id=subject, is_admin=ADMIN_SCOPE in scopes), float(claims["exp"])
+        return Caller(customer_id=subject, is_admin=ADMIN_SCOPE in scopes), _expiry(claims)
+
+
+def _expiry(claims: dict[str, object]) -> float:
+    """exp in seconds. PyJWT lets NumericDate claims through as numeric strings, and as
+    integers too large for a float (float() then raised OverflowError: a 500). RFC 7519
+    wants JSON numbers: anything else is a malformed token, 401."""
+    for name in _TIME_CLAIMS:
+        if name in claims and not _is_seconds(claims[name]):
+            raise Unauthorized(f"The token's {name} must be a number of seconds")
+    exp = claims["exp"]
+    assert isinstance(exp, int | float)
+    return float(exp)
+
+
+def _is_seconds(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False

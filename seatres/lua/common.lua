@@ -134,10 +134,12 @@ end
 --   {code, ...}       the remembered answer of this very request, sent again by a
 --                     redis-py retry (same nonce): answered as the first time
 -- Otherwise the script runs and passes every reply it gives through `reply`, which
--- remembers it (when a key came) and returns it.
+-- remembers it (when a key came) and returns it. "Not found" ({-1}) is never
+-- remembered: it reveals nothing worth replaying, and remembering it would let anyone
+-- create records under made-up event ids, or under someone else's reservation.
 local function idempotency(K, fingerprint, nonce, ttl_ms)
   local function reply(r)
-    if fingerprint ~= '' then
+    if fingerprint ~= '' and r[1] ~= -1 then
       local kept = cjson.encode({fingerprint = fingerprint, nonce = nonce, reply = r})
       redis.call('SET', K.idempotency, kept, 'PX', ttl_ms)
     end
