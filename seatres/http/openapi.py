@@ -1,9 +1,21 @@
-"""The OpenAPI 3.1 description served at /openapi.json, built from the request models."""
+"""The OpenAPI 3.1 description served at /openapi.json, built from the request models.
+
+The request schemas carry the domain's own rules (id pattern, lengths, ranges, "seatId or
+seatIds"), so a request the description calls valid is never refused as
+validation_error, and one it calls invalid is refused: the fuzz tests check both."""
 
 from functools import cache
 from typing import Any
 
-from seatres.http.schemas import EventBody, ExtendBody, ReserveBody
+from seatres.domain import ids
+from seatres.domain.service import (
+    IDEMPOTENCY_KEY,
+    MAX_EVENT_NAME,
+    MAX_EXTENSION_SECONDS,
+    MAX_PAGE_SIZE,
+    MAX_SEATS_PER_EVENT,
+)
+from seatres.http.schemas import TEXT_MAX_LENGTH, Body, EventBody, ExtendBody, ReserveBody
 
 ERROR_CODES = {
     400: ["validation_error", "invalid_transition", "reservation_expired", "limit_exceeded"],
@@ -126,8 +138,52 @@ def _body(schema: str) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
 
 
-def _path_param(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+def _path_param(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string"}}
+
+
+# An event, seat or cursor id (seatres.domain.ids). JSON Schema patterns are not anchored.
+_ID = {"type": "string", "pattern": f"^{ids.ID_PATTERN.pattern}$", "description": ids.ID_RULE}
+# Names are trimmed, then must be 1-MAX_EVENT_NAME printable characters (str.isprintable):
+# no JSON Schema pattern says "printable", so a format names the rule (the fuzz tests
+# generate it) and the lengths bound what the parser takes.
+_NAME = {
+    "type": "string",
+    "format": "printable",
+    "minLength": 1,
+    "maxLength": TEXT_MAX_LENGTH,
+    "description": f"1-{MAX_EVENT_NAME} printable characters once surrounding whitespace "
+    "is trimmed",
+}
+
+
+def _body_schema(model: type[Body], properties: dict[str, Any], **rest: Any) -> dict[str, Any]:
+    """The model's JSON schema (field names, required, no extra fields) with the domain's
+    rules for each field in place of the parser's loose bounds."""
+    schema = model.model_json_schema()
+    assert set(properties) == set(schema["properties"]), model
+    schema["properties"] = properties
+    return {**schema, **rest}
+
+
+def _reserve_body(max_seats: int) -> dict[str, Any]:
+    seat_ids = {
+        "type": "array",
+        "items": _ID,
+        "minItems": 1,
+        "maxItems": max_seats,
+        "uniqueItems": True,
+    }
+    null = {"type": "null"}
+    # Exactly one of seatId / seatIds (the other absent or null).
+    return _body_schema(
+        ReserveBody,
+        {"eventId": _ID, "seatId": {"anyOf": [_ID, null]}, "seatIds": {"anyOf": [seat_ids, null]}},
+        oneOf=[
+            {"required": ["seatId"], "properties": {"seatId": _ID}},
+            {"required": ["seatIds"], "properties": {"seatIds": seat_ids}},
+        ],
+    )
 
 
 _AUTH_ERRORS = (401, 500, 503)
@@ -135,30 +191,35 @@ _IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "description": "1-255 printable characters. The same key with the same request "
+    "description": "1-255 printable ASCII characters. The same key with the same request "
     "answers as the first time, with header Idempotent-Replayed: true; kept 24 hours.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY.pattern}$"},
 }
 
 
 @cache
-def openapi_document() -> dict[str, Any]:
-    event_param = [_path_param("eventId")]
+def openapi_document(max_seats_per_reservation: int = 10) -> dict[str, Any]:
+    """The description, with the configured SEATRES_MAX_SEATS_PER_RESERVATION."""
+    event_param = [_path_param("eventId", _ID)]
     reservation_param = [_path_param("id")]
+    transition_params = [*reservation_param, _IDEMPOTENCY_KEY]
+    transition_ok = _ok(200, "Reservation", "The reservation after the transition")
     transition = {
-        "parameters": [*reservation_param, _IDEMPOTENCY_KEY],
-        "responses": {
-            **_ok(200, "Reservation", "The reservation after the transition"),
-            **_errors(400, 404, 422, *_AUTH_ERRORS),
-        },
+        "parameters": transition_params,
+        "responses": {**transition_ok, **_errors(400, 404, 422, *_AUTH_ERRORS)},
     }
     seat_page_params = [
         *event_param,
-        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+        {
+            "name": "cursor",
+            "in": "query",
+            "description": "nextCursor of the previous page; empty or absent: the first page",
+            "schema": {"type": "string", "pattern": f"^({ids.ID_PATTERN.pattern})?$"},
+        },
         {
             "name": "limit",
             "in": "query",
-            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
         },
     ]
     paths = {
@@ -215,8 +276,9 @@ def openapi_document() -> dict[str, Any]:
         "/reservations/{id}/extend": {
             "post": {
                 "summary": "Push back the expiry of the caller's hold",
+                "parameters": transition_params,
                 "requestBody": _body("ExtendBody"),
-                **transition,
+                "responses": {**transition_ok, **_errors(400, 404, 413, 415, 422, *_AUTH_ERRORS)},
             }
         },
         "/healthz": {
@@ -308,9 +370,30 @@ def openapi_document() -> dict[str, Any]:
                 "Event": _EVENT,
                 "SeatPage": _SEAT_PAGE,
                 "Status": _STATUS,
-                "EventBody": EventBody.model_json_schema(),
-                "ReserveBody": ReserveBody.model_json_schema(),
-                "ExtendBody": ExtendBody.model_json_schema(),
+                "EventBody": _body_schema(
+                    EventBody,
+                    {
+                        "name": _NAME,
+                        "seats": {
+                            "type": "array",
+                            "items": _ID,
+                            "minItems": 1,
+                            "maxItems": MAX_SEATS_PER_EVENT,
+                            "uniqueItems": True,
+                        },
+                    },
+                ),
+                "ReserveBody": _reserve_body(max_seats_per_reservation),
+                "ExtendBody": _body_schema(
+                    ExtendBody,
+                    {
+                        "seconds": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_EXTENSION_SECONDS,
+                        }
+                    },
+                ),
             },
         },
     }

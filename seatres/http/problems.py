@@ -10,6 +10,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from seatres.domain.errors import DomainError
 from seatres.http.render import dump_json
@@ -62,7 +63,23 @@ async def domain_error(request: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code, title = HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
-    return problem(exc.status_code, code, title, exc.detail, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem(exc.status_code, code, title, exc.detail, headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this path takes. Starlette's own Allow names only the
+    first route that matched the path, and a path may have one route per method (PUT and
+    GET /events/{eventId}): RFC 9110 wants them all."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return sorted(methods)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:

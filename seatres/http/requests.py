@@ -1,7 +1,10 @@
 """Reading a request: the caller from its bearer token, and a size-capped JSON body."""
 
 import hashlib
-from typing import TypeVar
+import json
+import re
+from collections import Counter
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
@@ -9,10 +12,16 @@ from starlette.requests import Request
 
 from seatres.domain.errors import Unauthorized, ValidationFailed
 from seatres.domain.models import Caller, IdempotencyKey
+from seatres.domain.service import MAX_PAGE_SIZE
 from seatres.http.schemas import Body
 from seatres.http.state import AppState
 
 B = TypeVar("B", bound=Body)
+
+# int() alone also takes " 5", "+5", "1_0" and non-ASCII digits (U+0665), none of them
+# an integer as the OpenAPI description (or any client) writes one. More than 18 digits
+# are out of range anyway.
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
 def app_state(request: Request) -> AppState:
@@ -45,9 +54,36 @@ async def json_body(request: Request, model: type[B]) -> B:
         if len(chunks) > limit:
             raise HTTPException(413, f"The body may be at most {limit} bytes")
     try:
-        return model.model_validate_json(bytes(chunks))
+        body = model.model_validate_json(bytes(chunks))
     except ValidationError as exc:
         raise ValidationFailed(_summarize(exc)) from None
+    _refuse_repeated_keys(bytes(chunks))
+    return body
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        repeated = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        raise _RepeatedKey(f"body: repeated member {', '.join(repeated)}")
+    return members
+
+
+def _refuse_repeated_keys(raw: bytes) -> None:
+    """pydantic keeps the last of repeated members ({"seatId": "A1", "seatId": "A2"} holds
+    A2); other parsers keep the first, so such a body means different things to different
+    readers (a proxy, a log, this service): refused. Checked after validation, so the
+    body is known to be valid, shallow JSON and the second parse is cheap."""
+    try:
+        json.loads(raw, object_pairs_hook=_unique_keys)
+    except _RepeatedKey as exc:
+        raise ValidationFailed(str(exc)) from None
+    except (ValueError, RecursionError):
+        raise ValidationFailed("body: Invalid JSON") from None
 
 
 def _summarize(exc: ValidationError) -> str:
@@ -71,8 +107,11 @@ def idempotency(request: Request, body: Body | None = None) -> IdempotencyKey | 
 
 def page_query(request: Request, default_limit: int) -> tuple[str | None, int]:
     """`cursor` and `limit` of a seats page (the domain checks their values)."""
-    try:
-        limit = int(request.query_params.get("limit", default_limit))
-    except ValueError:
-        raise ValidationFailed("limit must be an integer") from None
+    raw = request.query_params.get("limit")
+    if raw is None:
+        limit = default_limit
+    elif _INTEGER.fullmatch(raw):
+        limit = int(raw)
+    else:
+        raise ValidationFailed(f"limit must be an integer between 1 and {MAX_PAGE_SIZE}")
     return request.query_params.get("cursor") or None, limit

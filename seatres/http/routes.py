@@ -59,13 +59,13 @@ async def _transition(
     try:
         outcome = await call
     except DomainError as exc:
-        metrics.transitions.labels(transition, exc.code).inc()
+        metrics.count_transition(transition, exc.code)
         if isinstance(exc, SeatUnavailable):
             metrics.seat_conflicts.inc(len(exc.seat_ids))
         if exc.replayed:
             metrics.replays.labels(transition).inc()
         raise
-    metrics.transitions.labels(transition, "ok").inc()
+    metrics.count_transition(transition, "ok")
     headers = {}
     if outcome.replayed:
         metrics.replays.labels(transition).inc()
@@ -142,7 +142,7 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return _json(openapi_document())
+    return _json(openapi_document(app_state(request).settings.max_seats_per_reservation))
 
 
 ROUTES = [

@@ -3,12 +3,20 @@ the rules about what an id may look like live in the domain."""
 
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from seatres.domain.service import MAX_SEATS_PER_EVENT
 
 # Bounds here only keep absurd input cheap to refuse; the domain applies the real rules.
-Text = Annotated[str, StringConstraints(max_length=256)]
+TEXT_MAX_LENGTH = 256
+Text = Annotated[str, StringConstraints(max_length=TEXT_MAX_LENGTH)]
 
 
 class Body(BaseModel):
@@ -36,5 +44,13 @@ class ReserveBody(Body):
         return [self.seatId] if self.seatId is not None else list(self.seatIds or [])
 
 
+def _whole_number(value: object) -> object:
+    """60.0 is the JSON number 60 (and an "integer" to JSON Schema): taken as 60. 1.5,
+    NaN, infinities and non-numbers stay as they are, for the strict check to refuse."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class ExtendBody(Body):
-    seconds: int
+    seconds: Annotated[int, BeforeValidator(_whole_number)]
