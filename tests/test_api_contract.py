@@ -300,6 +300,11 @@ def test_event_writes_need_admin(client: TestClient) -> None:
     response = client.put("/events/x", json={"name": "X", "seats": ["A1"]}, headers=ALICE)
     assert_problem(response, 403, "forbidden")
     assert_problem(client.get("/events/x", headers=ALICE), 404, "not_found")
+    # refused before the body is read: a customer learns nothing from a bad body
+    bad = client.put(
+        "/events/x", content=b"{not json", headers={**ALICE, "Content-Type": "text/plain"}
+    )
+    assert_problem(bad, 403, "forbidden")
 
 
 def test_seat_pages(client: TestClient) -> None:

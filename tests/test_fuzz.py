@@ -748,6 +748,13 @@ def test_repeated_members_are_400(target: Target) -> None:
         ("PUT", "/events/e1", b'{"name": "a", "name": "b", "seats": ["A1"]}', ADMIN),
         ("PUT", "/events/e1", b'{"seats": ["A9"], "name": "a", "seats": ["A1"]}', ADMIN),
         ("POST", f"/reservations/{target.hold}/extend", b'{"seconds": 1, "seconds": 60}', ALICE),
+        # the same member spelled with an escape the second time
+        (
+            "POST",
+            "/reservations",
+            b'{"eventId": "e1", "seatId": "A2", "seat\\u0049d": "A3"}',
+            ALICE,
+        ),
     ]:
         target.refuses(method, path, 400, content=body, headers={**who, **JSON})
 

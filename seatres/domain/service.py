@@ -49,7 +49,7 @@ class ReservationService:
     async def upsert_event(
         self, caller: Caller, event_id: str, name: str, seat_ids: Sequence[str]
     ) -> EventUpsert:
-        _require_admin(caller)
+        require_admin(caller)
         ids.check_id(event_id, "eventId")
         name = name.strip()
         if not 1 <= len(name) <= MAX_EVENT_NAME or not name.isprintable():
@@ -164,7 +164,7 @@ def _may_access(caller: Caller, reservation: Reservation) -> bool:
     return caller.is_admin or caller.customer_id == reservation.customer_id
 
 
-def _require_admin(caller: Caller) -> None:
+def require_admin(caller: Caller) -> None:
     if not caller.is_admin:
         raise Forbidden("This needs an admin token (scope seatres:admin)")
 

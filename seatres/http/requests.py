@@ -4,6 +4,7 @@ import hashlib
 import json
 import re
 from collections import Counter
+from functools import cache
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -57,7 +58,9 @@ async def json_body(request: Request, model: type[B]) -> B:
         body = model.model_validate_json(bytes(chunks))
     except ValidationError as exc:
         raise ValidationFailed(_summarize(exc)) from None
-    _refuse_repeated_keys(bytes(chunks))
+    raw = bytes(chunks)
+    if _may_repeat_members(raw, model):
+        _refuse_repeated_keys(raw)
     return body
 
 
@@ -71,6 +74,20 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         repeated = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
         raise _RepeatedKey(f"body: repeated member {', '.join(repeated)}")
     return members
+
+
+@cache
+def _quoted_members(model: type[Body]) -> tuple[bytes, ...]:
+    return tuple(f'"{name}"'.encode() for name in model.model_fields)
+
+
+def _may_repeat_members(raw: bytes, model: type[Body]) -> bool:
+    """Whether a body that passed validation could hold a repeated member, without a
+    second parse on the hot path. Unknown members are refused by validation, so every
+    member is one of the model's, and a repeated one shows its quoted name twice in the
+    raw bytes. An escape could spell a name differently: bodies with one get the full check,
+    and so do bodies where a name recurs (even only as a value)."""
+    return b"\\" in raw or any(raw.count(name) > 1 for name in _quoted_members(model))
 
 
 def _refuse_repeated_keys(raw: bytes) -> None:

@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from seatres.domain.errors import DomainError, SeatUnavailable
 from seatres.domain.models import Outcome
+from seatres.domain.service import require_admin
 from seatres.http import render, ui
 from seatres.http.openapi import openapi_document
 from seatres.http.problems import REPLAYED_HEADER, problem
@@ -29,6 +30,7 @@ def _json(body: object, status: int = 200, headers: dict[str, str] | None = None
 
 async def put_event(request: Request) -> Response:
     who = caller(request)
+    require_admin(who)  # before reading a body of up to SEATRES_MAX_BODY_BYTES
     body = await json_body(request, EventBody)
     event_id = request.path_params["eventId"]
     service = app_state(request).service
