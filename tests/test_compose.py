@@ -3,7 +3,9 @@ a real `seatres` command, every variable a real setting (with a value it accepts
 keeps an append-only file, restart policies, healthchecks and dependencies make sense, and
 the worker's and scheduler's healthchecks tell a live service from a dead one against a
 real Redis. `docker compose config` (or docker-compose) validates the file too, where
-installed."""
+installed. docker-compose.cluster.yml (the same services on a 3-master Redis Cluster, with
+rq on a plain Redis of its own) gets the same checks, and its cluster-creating script is
+run against local cluster nodes."""
 
 import json
 import os
@@ -26,12 +28,14 @@ from rq_scheduler import Scheduler
 
 from seatres.cli import parser
 from seatres.embedded import RedisServer
+from seatres.embedded_cluster import LocalCluster, redis_cli_binary
 from seatres.jobs.runner import EXPIRE_JOB_ID, register_cron
 from seatres.settings import Settings
 from tests.processes import seatres_env
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
+CLUSTER_COMPOSE = ROOT / "docker-compose.cluster.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 SERVICES = {"redis", "api", "worker", "scheduler"}
 SEATRES_SERVICES = SERVICES - {"redis"}
@@ -227,7 +231,8 @@ def _compose_cli() -> list[str] | None:
     return [legacy] if legacy else None
 
 
-def test_compose_config_accepts_the_file() -> None:
+@pytest.mark.parametrize("path", [COMPOSE, CLUSTER_COMPOSE], ids=lambda p: p.name)
+def test_compose_config_accepts_the_file(path: Path) -> None:
     """`docker compose config` parses and validates the file against the Compose spec
     without talking to an engine."""
     cli = _compose_cli()
@@ -236,7 +241,7 @@ def test_compose_config_accepts_the_file() -> None:
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
     env = {**base, "SEATRES_JWT_SECRET": SECRET_FOR_INTERPOLATION}
     result = subprocess.run(
-        [*cli, "-f", str(COMPOSE), "config", "-q"],
+        [*cli, "-f", str(path), "config", "-q"],
         env=env,
         capture_output=True,
         text=True,
@@ -244,7 +249,7 @@ def test_compose_config_accepts_the_file() -> None:
     )
     assert result.returncode == 0, result.stderr
     missing = subprocess.run(
-        [*cli, "-f", str(COMPOSE), "config", "-q"],
+        [*cli, "-f", str(path), "config", "-q"],
         env=base,
         capture_output=True,
         text=True,
@@ -355,3 +360,120 @@ def test_dockerfile_variables_are_settings() -> None:
                     values[setting_name(name)] = value
     assert values["data_dir"], "the image needs a writable SEATRES_DATA_DIR"
     Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+# docker-compose.cluster.yml: the same services on a Redis Cluster
+
+CLUSTER_NODES = {"redis-node-1", "redis-node-2", "redis-node-3"}
+CLUSTER_SERVICES = CLUSTER_NODES | {"redis-cluster-init", "jobs-redis", *SEATRES_SERVICES}
+
+
+@pytest.fixture(scope="module")
+def cluster_services() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = yaml.safe_load(CLUSTER_COMPOSE.read_text())["services"]
+    return found
+
+
+def unescape(value: str) -> str:
+    """A compose string as the container gets it: $$ is a literal $."""
+    return value.replace("$$", "$")
+
+
+def test_cluster_layout_services(cluster_services: dict[str, dict[str, Any]]) -> None:
+    assert set(cluster_services) == CLUSTER_SERVICES
+
+
+def test_cluster_seatres_services_use_the_cluster_and_a_plain_jobs_redis(
+    cluster_services: dict[str, dict[str, Any]], services: dict[str, dict[str, Any]]
+) -> None:
+    fields = set(Settings.model_fields)
+    for name in SEATRES_SERVICES:
+        service = cluster_services[name]
+        # the same command and healthcheck as in docker-compose.yml
+        assert command_of(service) == command_of(services[name]), name
+        assert service.get("healthcheck") == services[name].get("healthcheck"), name
+        assert service["build"] == "." and service["restart"] == "unless-stopped", name
+        env = environment_of(service)
+        assert all(setting_name(v) in fields for v in env), env
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, **{setting_name(k): interpolate(v) for k, v in env.items()}
+        )
+        assert settings.redis_cluster, name
+        # every node a seed; the jobs' Redis is the plain one
+        nodes = env["SEATRES_REDIS_URL"].removeprefix("redis+cluster://").split(",")
+        assert {n.split(":")[0] for n in nodes} == CLUSTER_NODES
+        jobs = settings.effective_jobs_redis_url
+        assert jobs is not None and jobs.startswith("redis://jobs-redis:"), jobs
+        depends = service["depends_on"]
+        assert depends["redis-cluster-init"]["condition"] == "service_completed_successfully"
+        assert depends["jobs-redis"]["condition"] == "service_healthy"
+        parse_seatres(command_of(service)[1:])
+    assert "/readyz" in healthcheck_test(cluster_services["api"])[-1]
+
+
+@pytest.mark.parametrize("name", sorted(CLUSTER_NODES))
+def test_cluster_nodes_are_durable_cluster_nodes(
+    cluster_services: dict[str, dict[str, Any]], name: str
+) -> None:
+    service = cluster_services[name]
+    command = command_of(service)
+    assert command[:2] == ["sh", "-c"]
+    argv = shlex.split(unescape(command[2]))
+    assert argv[:2] == ["exec", "redis-server"]
+    options = flags(argv)
+    assert options["cluster-enabled"] == "yes"
+    assert options["cluster-announce-hostname"] == "$(hostname)"
+    assert service["hostname"] == name  # what the node announces, and clients are sent to
+    assert options["appendonly"] == "yes" and options["appendfsync"] in ("always", "everysec")
+    assert options["maxmemory-policy"] == "noeviction"
+    assert service["volumes"] == [f"{name}:/data"]  # nodes.conf and the AOF survive
+    assert service["restart"] == "unless-stopped"
+    assert "redis-cli ping" in healthcheck_test(service)[1]
+
+
+def test_cluster_dependencies(cluster_services: dict[str, dict[str, Any]]) -> None:
+    init = cluster_services["redis-cluster-init"]
+    assert set(init["depends_on"]) == CLUSTER_NODES
+    assert {d["condition"] for d in init["depends_on"].values()} == {"service_healthy"}
+    assert {n.split(":")[0] for n in init["environment"]["NODES"].split()} == CLUSTER_NODES
+    assert init["restart"] in ("on-failure", "no")
+    for name, service in cluster_services.items():
+        for other, how in (service.get("depends_on") or {}).items():
+            assert other in cluster_services, f"{name} depends on {other}"
+            if how["condition"] == "service_healthy":
+                assert "healthcheck" in cluster_services[other], other
+
+
+def _init_script(cluster_services: dict[str, dict[str, Any]]) -> str:
+    command = command_of(cluster_services["redis-cluster-init"])
+    assert command[:2] == ["sh", "-c"]
+    return unescape(command[2])
+
+
+def test_the_init_script_creates_the_cluster_once(
+    cluster_services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The init container's script, run here against three fresh cluster-enabled
+    redis-servers: it makes them one cluster, and a second run leaves it alone."""
+    script = _init_script(cluster_services)
+    cli = Path(redis_cli_binary())
+    nodes = LocalCluster(tmp_path / "cluster")
+    nodes.start(create=False)
+    try:
+        env = {
+            "PATH": f"{cli.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "NODES": " ".join(f"127.0.0.1:{port}" for port in nodes.ports),
+            "REPLICAS": "0",
+        }
+        first = subprocess.run(
+            ["sh", "-c", script], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+        nodes.wait_until_ok()
+        assert len(nodes.master_ports()) == 3
+        again = subprocess.run(
+            ["sh", "-c", script], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert again.returncode == 0 and "exists already" in again.stdout, again.stderr
+    finally:
+        nodes.stop()

@@ -112,9 +112,11 @@ def _load_due_holds(sync: redis.Redis, events: int, per_event: int) -> dict[str,
         seats = [f"S{i:04d}" for i in range(per_event)]
         rids = [f"{event_id}-r{i:04d}" for i in range(per_event)]
         pipe = sync.pipeline(transaction=False)
-        pipe.evalsha(upsert.sha, len(k), *k, event_id, "Bulk", 100_000, *seats)
+        pipe.execute_command("EVALSHA", upsert.sha, len(k), *k, event_id, "Bulk", 100_000, *seats)
         for rid, seat in zip(rids, seats, strict=True):
-            pipe.evalsha(reserve.sha, len(k), *k, rid, f"c-{seat}", 1, 0, 100_000, "", 0, seat)
+            pipe.execute_command(
+                "EVALSHA", reserve.sha, len(k), *k, rid, f"c-{seat}", 1, 0, 100_000, "", 0, seat
+            )
         pipe.zadd(keys.SWEEP_DUE, {event_id: int(time.time() * 1000) + 1}, lt=True)
         replies = pipe.execute()
         assert all(int(r[0]) == 1 for r in replies[1:-1])

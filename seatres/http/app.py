@@ -5,7 +5,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -19,13 +18,13 @@ from seatres.http.state import AppState
 from seatres.metrics import Metrics
 from seatres.settings import Settings
 from seatres.store import scripts
-from seatres.store.connection import connect
+from seatres.store.connection import AsyncClient, connect
 from seatres.store.redis_store import RedisStore
 from seatres.tokens import TokenVerifier
 
 log = logging.getLogger("seatres.http")
 
-RedisFactory = Callable[[Settings], Redis]
+RedisFactory = Callable[[Settings], AsyncClient]
 
 
 def create_app(

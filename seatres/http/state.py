@@ -2,11 +2,10 @@
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from seatres.domain.service import ReservationService
 from seatres.metrics import Metrics
 from seatres.settings import Settings
+from seatres.store.connection import AsyncClient
 from seatres.store.redis_store import RedisStore
 from seatres.tokens import TokenVerifier
 
@@ -14,7 +13,7 @@ from seatres.tokens import TokenVerifier
 @dataclass(frozen=True)
 class AppState:
     settings: Settings
-    redis: Redis
+    redis: AsyncClient  # one Redis, or a Redis Cluster
     store: RedisStore
     service: ReservationService
     tokens: TokenVerifier

@@ -1,8 +1,10 @@
 """`seatres worker` and `seatres scheduler`: rq and rq-scheduler wired to the expiry job.
 
 Both use the jobs' Redis (SEATRES_JOBS_REDIS_URL, by default SEATRES_REDIS_URL); the job
-itself sweeps the reservations' Redis (SEATRES_REDIS_URL). The cron job has a fixed id, so
-registering it again (a restart, a second scheduler) replaces it instead of adding one."""
+itself sweeps the reservations' Redis (SEATRES_REDIS_URL). rq and rq-scheduler do not
+support Redis Cluster: with a cluster for the reservations, the jobs get a plain Redis.
+The cron job has a fixed id, so registering it again (a restart, a second scheduler)
+replaces it instead of adding one."""
 
 import logging
 import sys
@@ -42,6 +44,11 @@ def _quiet_crontab() -> Iterator[None]:
 
 def jobs_redis(settings: Settings) -> Redis:
     url = settings.effective_jobs_redis_url
+    if url is None and settings.redis_cluster:
+        sys.exit(
+            "SEATRES_JOBS_REDIS_URL must be set: SEATRES_REDIS_URL is a Redis Cluster, and "
+            "rq and rq-scheduler need a plain Redis of their own"
+        )
     if url is None:
         sys.exit("SEATRES_REDIS_URL (or SEATRES_JOBS_REDIS_URL) must be set for rq")
     # rq stores pickled bytes: no decode_responses here. (The worker raises the socket

@@ -1,8 +1,13 @@
 """RedisStore: the domain's store, one Lua script per transition.
 
 Result codes of the scripts are mapped to domain errors here and nowhere else
-(`_error_for`). Connection trouble becomes StoreUnavailable (503), never a 500."""
+(`_error_for`). Connection trouble becomes StoreUnavailable (503), never a 500.
 
+The same code serves one Redis and a Redis Cluster (redis-py's RedisCluster): each script
+gets the keys of one event (one hash slot) or of the sweep index (another), and the
+writes to the cross-event indexes ({sweep}, {index}) are commands of their own."""
+
+import asyncio
 import logging
 import re
 import secrets
@@ -13,12 +18,18 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
+    ClusterError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -146,12 +157,50 @@ _TRANSIENT = re.compile(
 )
 
 
+# A Redis Cluster that cannot serve now: no node answers, the slots are not all covered,
+# or the nodes disagree about them (redis-py says so with a RedisClusterException, which
+# it also uses for calls that could never work, such as cross-slot keys: those stay 500).
+_CLUSTER_UNAVAILABLE = re.compile(r"cannot be connected|not covered|could not agree")
+
+
+def _raised_in_a_redis_connection(exc: BaseException) -> bool:
+    """The error came out of redis-py's connection code (a frame of the traceback is
+    there): sending or reading on a socket that was closed under it."""
+    tb = exc.__traceback__
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        if module.startswith(("redis.asyncio.connection", "redis.connection")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 @asynccontextmanager
 async def _unavailable_on_failure() -> AsyncIterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError) as exc:
         raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
+    except (ClusterError, TryAgainError, AskError, SlotNotCoveredError) as exc:
+        # CLUSTERDOWN, a failover under way, or redirections that did not settle within
+        # redis-py's limit (a slot being moved): retry later
+        raise StoreUnavailable(
+            f"Redis Cluster is unavailable: {type(exc).__name__}: {exc}"
+        ) from exc
+    except RedisClusterException as exc:
+        if _CLUSTER_UNAVAILABLE.search(str(exc)):
+            raise StoreUnavailable(f"Redis Cluster is unavailable: {exc}") from exc
+        raise
+    except (AttributeError, RuntimeError) as exc:
+        # redis-py's cluster client, when it loses a node, closes every connection of the
+        # client (aclose) to learn the topology again, also those other requests are using
+        # at that moment: one caught halfway through connecting or sending fails with
+        # "'NoneType' object has no attribute 'writelines'" (redis-py) or "unable to
+        # perform operation on <TCPTransport closed=True ...>" (uvloop). A node is gone:
+        # retry later.
+        if _raised_in_a_redis_connection(exc):
+            raise StoreUnavailable(f"Redis connection closed while in use: {exc}") from exc
+        raise
     except OutOfMemoryError as exc:  # maxmemory with noeviction: nothing was written
         raise StoreUnavailable(f"Redis is out of memory: {exc}") from exc
     except ResponseError as exc:
@@ -165,7 +214,7 @@ async def _unavailable_on_failure() -> AsyncIterator[None]:
 class RedisStore:
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         log_max_length: int = 100_000,
         idempotency_ttl_ms: int = 86_400_000,
         observe: Callable[[str, float], None] | None = None,
@@ -176,12 +225,29 @@ class RedisStore:
         self._observe = observe
         self._log_max_length = log_max_length
         self._idempotency_ttl_ms = idempotency_ttl_ms
+        # script name -> its SCRIPT LOAD under way, shared by every caller that got NOSCRIPT
+        self._loading: dict[str, asyncio.Future[Any]] = {}
 
     async def ping(self) -> None:
         async with _unavailable_on_failure():
-            await self._redis.ping()
+            if isinstance(self._redis, RedisCluster):
+                # every primary: a cluster with a master unreachable cannot serve its slots
+                await self._redis.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await self._redis.ping()
             if not await scripts.scripts_loaded(self._redis):
                 await scripts.load_all(self._redis)
+
+    async def _load(self, s: scripts.Script) -> None:
+        """SCRIPT LOAD (on a cluster: on every primary), once for all the callers that
+        got NOSCRIPT at the same moment: after a restart or a slot moved to a node with
+        an empty script cache, a burst would otherwise send one load per request."""
+        loading = self._loading.get(s.name)
+        if loading is None:
+            loading = asyncio.ensure_future(self._redis.script_load(s.source))
+            self._loading[s.name] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(s.name, None))
+        await asyncio.shield(loading)
 
     async def _run(self, name: str, script_keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """EVALSHA through the tick batcher; NOSCRIPT loads the script and sends again."""
@@ -193,7 +259,7 @@ class RedisStore:
                 (reply,) = await self._batcher.submit(call)
                 if not isinstance(reply, NoScriptError):
                     break
-                await self._redis.script_load(s.source)
+                await self._load(s)
             if self._observe is not None:
                 self._observe(name, time.perf_counter() - started)
             if isinstance(reply, Exception):
@@ -377,17 +443,7 @@ class RedisStore:
 
     async def record_sweep(self, expired: int, seconds: float) -> None:
         """Kept for /metrics and /readyz: the API processes never see the rq worker."""
-        async with _unavailable_on_failure(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.time()
-            (clock,) = await pipe.execute()
-            now_ms = redis_time_ms(clock)
-            pipe.hset(
-                keys.SWEEP_STATS,
-                mapping={"lastSuccess": now_ms, "lastSeconds": seconds, "lastExpired": expired},
-            )
-            pipe.hincrby(keys.SWEEP_STATS, "runs", 1)
-            pipe.hincrby(keys.SWEEP_STATS, "expired", expired)
-            await pipe.execute()
+        await self._run("record_sweep", [keys.SWEEP_STATS], [expired, repr(seconds)])
 
     async def sweep_stats(self) -> tuple[SweepStats, int]:
         """The sweep's record and the store's clock (ms)."""

@@ -1,6 +1,11 @@
 """Lua scripts shipped as package data: each is common.lua followed by the script's own
 file, loaded once per Redis and called by SHA (RedisStore loads a script again when
-Redis answers NOSCRIPT: after a restart, a SCRIPT FLUSH or a failover)."""
+Redis answers NOSCRIPT: after a restart, a SCRIPT FLUSH or a failover).
+
+On a Redis Cluster every primary has a script cache of its own: scripts are loaded on
+every primary (redis-py sends SCRIPT LOAD and SCRIPT EXISTS to all of them), and a node
+that gets a slot later (a resharding, a replica promoted, a restart) answers NOSCRIPT
+until the script is loaded again, which RedisStore does on that answer."""
 
 import hashlib
 from collections.abc import Sequence
@@ -10,7 +15,9 @@ from importlib import resources
 from typing import Any
 
 import redis
+import redis.cluster
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 
@@ -41,23 +48,40 @@ SCRIPT_NAMES = (
     "seat_page",
     "claim_due_events",
     "release_event",
+    "record_sweep",
 )
 
 
-async def load_all(client: Redis) -> None:
-    """Every script, in one round trip."""
+async def load_all(client: Redis | RedisCluster) -> None:
+    """Every script, in one round trip (on a cluster: one per primary, all at once)."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+        async with client.pipeline(transaction=False) as pipe:
+            # SCRIPT LOAD goes to every primary, which a cluster pipeline refuses to do
+            # for one command: one command per primary, each sent to its node.
+            for node in client.get_primaries():
+                for name in SCRIPT_NAMES:
+                    pipe.execute_command("SCRIPT LOAD", script(name).source, target_nodes=node)
+            await pipe.execute()
+        return
     async with client.pipeline(transaction=False) as pipe:
         for name in SCRIPT_NAMES:
             pipe.script_load(script(name).source)
         await pipe.execute()
 
 
-async def scripts_loaded(client: Redis) -> bool:
+async def scripts_loaded(client: Redis | RedisCluster) -> bool:
+    """Every script is in the cache (on a cluster: of every primary)."""
     shas = [script(name).sha for name in SCRIPT_NAMES]
     return all(await client.script_exists(*shas))
 
 
-def run_sync(r: "redis.Redis", name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+def run_sync(
+    r: "redis.Redis | redis.cluster.RedisCluster",
+    name: str,
+    keys: Sequence[str],
+    args: Sequence[Any],
+) -> Any:
     """A script on a sync client (command-line tools), by SHA, loaded first if need be.
     (RedisStore does the same on the async client, through its batcher.)"""
     s = script(name)
