@@ -30,7 +30,7 @@ from seatres.domain.states import ReservationState
 from seatres.settings import Settings
 from seatres.store import keys, scripts
 from seatres.store.connection import SyncClient, connect_sync
-from seatres.store.redis_store import _reservation
+from seatres.store.redis_store import decode_reservation
 
 # Seats per seat_page call while collecting the seats of each status.
 SEAT_PAGE = 1000
@@ -520,7 +520,7 @@ def reservation_report(r: SyncClient, reservation_id: str) -> ReservationReport:
     raw: Any = r.hget(k.reservations, reservation_id)
     if raw is None:
         raise InspectError(f"reservation {reservation_id!r} not found (event {event_id!r})")
-    res = _reservation(raw)
+    res = decode_reservation(raw)
     now = _now_ms(r, k.meta)
     state = res.effective_state(now)
     due = state is not res.state
@@ -531,7 +531,7 @@ def reservation_report(r: SyncClient, reservation_id: str) -> ReservationReport:
     others = sorted({h for h in holders if h and h != reservation_id})
     other_raw: Any = r.hmget(k.reservations, others) if others else []
     claimants = {
-        rid: _reservation(o) if o else None for rid, o in zip(others, other_raw, strict=True)
+        rid: decode_reservation(o) if o else None for rid, o in zip(others, other_raw, strict=True)
     }
     claims = []
     for seat, holder, exists in zip(seats, holders, in_event, strict=True):

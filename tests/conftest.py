@@ -111,6 +111,23 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     b.sync.close()
 
 
+@pytest.fixture
+def store(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """The session's real Redis, flushed before and after: for tests that run real
+    `seatres` processes against it."""
+    with redis.Redis.from_url(redis_server.url, decode_responses=True) as r:
+        r.flushall()
+        yield r
+        r.flushall()
+
+
+@pytest.fixture
+def jobs(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """rq's view of the same Redis (rq wants bytes)."""
+    with redis.Redis.from_url(redis_server.url) as r:
+        yield r
+
+
 def make_settings(**overrides: object) -> Settings:
     values: dict[str, object] = {
         "redis_url": "redis://127.0.0.1:1/0",

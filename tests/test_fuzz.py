@@ -17,7 +17,7 @@
 import json
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
@@ -41,6 +41,7 @@ from seatres.http.openapi import ERROR_CODES, openapi_document
 from seatres.inspection import event_report
 from seatres.store import keys
 from tests.conftest import ADMIN, ALICE, BOB, SECRET, Backend, bearer, make_settings, put_event
+from tests.test_security import snapshot
 
 Case = schemathesis.Case[Any]
 PROBLEM = "application/problem+json"
@@ -449,23 +450,6 @@ JSON = {"content-type": "application/json"}
 Headers = dict[str, str] | list[tuple[bytes, bytes]]
 
 
-def redis_state(sync: redis.Redis | redis.RedisCluster) -> dict[str, Any]:
-    """Every key with its type and contents."""
-    readers: dict[str, Callable[[str], Any]] = {
-        "string": sync.get,
-        "hash": sync.hgetall,
-        "zset": lambda k: sync.zrange(k, 0, -1, withscores=True),
-        "set": lambda k: sorted(sync.smembers(k)),
-        "list": lambda k: sync.lrange(k, 0, -1),
-        "stream": sync.xrange,
-    }
-    state: dict[str, Any] = {}
-    for key in sorted(sync.scan_iter()):
-        kind = str(sync.type(key))
-        state[key] = (kind, readers[kind](key))
-    return state
-
-
 def assert_problem(response: Any, *statuses: int) -> str:
     """A clean problem+json error with one of `statuses` and a code documented for it."""
     assert response.status_code in statuses, (response.status_code, response.text[:300])
@@ -495,12 +479,12 @@ class Target:
         content: bytes | Iterator[bytes] | None = None,
         headers: Headers = ALICE,
     ) -> None:
-        before = redis_state(self.backend.sync)
+        before = snapshot(self.backend.sync)
         response = self.client.request(method, path, content=content, headers=headers)
         code = assert_problem(response, *statuses)
         # a bad input, not a refused action (invalid_transition, limit_exceeded, ...)
         assert response.status_code != 400 or code == "validation_error", response.text
-        assert redis_state(self.backend.sync) == before, f"{method} {path} wrote to Redis"
+        assert snapshot(self.backend.sync) == before, f"{method} {path} wrote to Redis"
 
 
 def _target(backend: Backend, **settings: Any) -> Iterator[Target]:

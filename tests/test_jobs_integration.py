@@ -6,7 +6,6 @@ register one cron job, and the job enqueued twice expires each hold once."""
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -34,21 +33,6 @@ QUEUE = "seatres-it"
 SCHEDULED = "rq:scheduler:scheduled_jobs"
 # The cron job runs on the minute: a hold made just before one is expired a minute later.
 EXPIRY_TIMEOUT = 150
-
-
-@pytest.fixture
-def store(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    with redis.Redis.from_url(redis_server.url, decode_responses=True) as r:
-        r.flushall()
-        yield r
-        r.flushall()
-
-
-@pytest.fixture
-def jobs(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """rq's view of the same Redis (rq wants bytes)."""
-    with redis.Redis.from_url(redis_server.url) as r:
-        yield r
 
 
 def _env(redis_server: RedisServer) -> dict[str, str]:

@@ -32,7 +32,6 @@ from hypothesis.stateful import (
 from seatres.domain.errors import DomainError, NotFound
 from seatres.domain.models import (
     Caller,
-    Change,
     EventSummary,
     Outcome,
     Reservation,
@@ -44,7 +43,7 @@ from seatres.domain.states import ReservationState
 from seatres.jobs.sweep import sweep
 from seatres.store import keys
 from seatres.store.connection import AsyncClient, SyncClient
-from seatres.store.redis_store import RedisStore
+from seatres.store.redis_store import RedisStore, decode_reservation
 from tests.conftest import Backend
 from tests.model import Entry, Expect, Kind, Model, ModelReservation, Request
 
@@ -79,30 +78,6 @@ def unknown_reservation_id(event_id: str) -> str:
 
 
 # Reading the store
-
-
-def _parse(raw: str) -> Reservation:
-    data = orjson.loads(raw)
-    return Reservation(
-        id=data["id"],
-        event_id=data["eventId"],
-        seat_ids=tuple(data["seatIds"]),
-        customer_id=data["customerId"],
-        state=S(data["state"]),
-        created_at_ms=int(data["createdAt"]),
-        expires_at_ms=int(data["expiresAt"]),
-        updated_at_ms=int(data["updatedAt"]),
-        history=tuple(
-            Change(
-                at_ms=int(c["at"]),
-                action=c["action"],
-                from_state=S(c["from"]) if "from" in c else None,
-                to_state=S(c["to"]),
-                by=c["by"],
-            )
-            for c in data["history"]
-        ),
-    )
 
 
 @dataclass
@@ -142,7 +117,7 @@ def read_store(sync: SyncClient) -> tuple[dict[str, EventView], dict[str, float]
     for i, event_id in enumerate(EVENTS):
         raw, claims, holds, customers, (held, booked), log_length = replies[6 * i : 6 * i + 6]
         views[event_id] = EventView(
-            reservations={rid: _parse(v) for rid, v in raw.items()},
+            reservations={rid: decode_reservation(v) for rid, v in raw.items()},
             claims=claims,
             holds=dict(holds),
             customers={c: int(n) for c, n in customers.items()},

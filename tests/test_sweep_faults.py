@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,21 +194,6 @@ def due_left(sync: redis.Redis, plans: list[EventPlan]) -> int:
 
 
 # Processes
-
-
-@pytest.fixture
-def store(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    with redis.Redis.from_url(redis_server.url, decode_responses=True) as r:
-        r.flushall()
-        yield r
-        r.flushall()
-
-
-@pytest.fixture
-def jobs(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """rq's view of the same Redis (rq wants bytes)."""
-    with redis.Redis.from_url(redis_server.url) as r:
-        yield r
 
 
 def _env(redis_server: RedisServer, **settings: str) -> dict[str, str]:

@@ -9,12 +9,15 @@ from pathlib import Path
 import jwt
 import pytest
 from pydantic import ValidationError
+from redis.asyncio.connection import Connection as AsyncConnection
+from redis.exceptions import DataError
 
 from seatres import tokens
 from seatres.clock import iso_time
 from seatres.domain.errors import NotFound, Unauthorized, ValidationFailed
 from seatres.domain.ids import check_id, event_of_reservation, new_reservation_id
 from seatres.settings import Settings, describe
+from seatres.store.packing import with_hiredis_packing
 from tests.conftest import SECRET
 
 
@@ -170,3 +173,26 @@ def test_iso_time_matches_datetime() -> None:
         moment = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
         expected = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         assert iso_time(ms) == expected, ms
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("PING",),
+        ("SCRIPT LOAD", "return 1"),
+        (b"CONFIG GET", b"maxmemory"),
+        ("EVALSHA", "a" * 40, 2, "seatres:{evt:e}:meta", "k2", "id", 600000, 1.5, "", "é ☃"),
+        ("SET", b"bytes", memoryview(b"view")),
+    ],
+)
+def test_hiredis_packing_sends_what_redis_py_sends(command: tuple[object, ...]) -> None:
+    plain = AsyncConnection()
+    fast = with_hiredis_packing(AsyncConnection)()
+    assert b"".join(fast.pack_command(*command)) == b"".join(plain.pack_command(*command))
+    batch = [command, ("PING",), command]
+    assert b"".join(fast.pack_commands(batch)) == b"".join(plain.pack_commands(batch))
+
+
+def test_hiredis_packing_refuses_what_redis_py_refuses() -> None:
+    with pytest.raises(DataError):
+        with_hiredis_packing(AsyncConnection)().pack_command("SET", "k", None)

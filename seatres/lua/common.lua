@@ -56,6 +56,23 @@ local function claim_is_live(K, holder_id, now)
   return true
 end
 
+-- Sorts one seat's claim: a live one puts the seat in `taken`, a due one puts its
+-- holder in `stale` (to be expired once every guard has passed). Returns whether the
+-- seat is claimed at all.
+local function sort_claim(K, seat, now, taken, stale)
+  local holder_id = redis.call('HGET', K.claims, seat)
+  if not holder_id then
+    return false
+  end
+  local live, due_holder = claim_is_live(K, holder_id, now)
+  if live then
+    taken[#taken + 1] = seat
+  else
+    stale[holder_id] = due_holder
+  end
+  return true
+end
+
 local function may_access(r, caller_id, is_admin)
   return is_admin == '1' or r.customerId == caller_id
 end

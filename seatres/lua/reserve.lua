@@ -60,15 +60,7 @@ for i = FIRST_SEAT, #ARGV do
   -- The claim first: on a burst most calls end here, in a conflict. A claimed seat is
   -- always one of the event's (upsert_event never removes a claimed seat), so only an
   -- unclaimed one needs the seats lookup.
-  local holder_id = redis.call('HGET', K.claims, seat)
-  if holder_id then
-    local live, due_holder = claim_is_live(K, holder_id, now)
-    if live then
-      taken[#taken + 1] = seat
-    else
-      stale[holder_id] = due_holder
-    end
-  elseif not redis.call('ZSCORE', K.seats, seat) then
+  if not sort_claim(K, seat, now, taken, stale) and not redis.call('ZSCORE', K.seats, seat) then
     unknown[#unknown + 1] = seat
   end
 end

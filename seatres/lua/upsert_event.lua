@@ -35,15 +35,7 @@ for _, seat in ipairs(redis.call('ZRANGE', K.seats, 0, -1)) do
     wanted[seat] = nil
   else
     removed[#removed + 1] = seat
-    local holder_id = redis.call('HGET', K.claims, seat)
-    if holder_id then
-      local live, due_holder = claim_is_live(K, holder_id, now)
-      if live then
-        taken[#taken + 1] = seat
-      else
-        stale[holder_id] = due_holder
-      end
-    end
+    sort_claim(K, seat, now, taken, stale)
   end
 end
 if #taken > 0 then

@@ -93,7 +93,7 @@ def _error_for(code: int, payload: Sequence[Any], what: str) -> DomainError:
     if code == SEATS_TAKEN:
         return SeatUnavailable(list(payload))
     if code == INVALID_TRANSITION:
-        state = _reservation(payload[0]).state.value
+        state = decode_reservation(payload[0]).state.value
         return InvalidTransition(f"A {state} reservation cannot make this transition")
     if code == EXPIRED:
         return ReservationExpired("The hold expired; its seats are free again")
@@ -122,10 +122,11 @@ def _outcome(result: Sequence[Any], what: str) -> Outcome:
         error = _error_for(code, result[1:], what)
         error.replayed = replayed
         raise error
-    return Outcome(_reservation(result[1]), replayed)
+    return Outcome(decode_reservation(result[1]), replayed)
 
 
-def _reservation(raw: str) -> Reservation:
+def decode_reservation(raw: str) -> Reservation:
+    """A reservation as the scripts keep it (JSON in the event's reservations hash)."""
     data = orjson.loads(raw)
     return Reservation(
         id=data["id"],
@@ -402,7 +403,7 @@ class RedisStore:
     ) -> tuple[Reservation | None, int]:
         k = keys.event_keys(event_id)
         raw, now_ms = await self._with_clock(("HGET", k.reservations, reservation_id))
-        return (_reservation(raw) if raw else None), now_ms
+        return (decode_reservation(raw) if raw else None), now_ms
 
     async def _with_clock(self, command: tuple[Any, ...]) -> tuple[Any, int]:
         """A read and Redis's clock (ms), in one round trip."""
