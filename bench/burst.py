@@ -1166,7 +1166,9 @@ class Report:
                 conns = " + ".join(map(str, spread))
                 notes.append(f"by worker: CPU {cpu}, connections {conns}")
                 if spread and (min(spread) == 0 or max(spread) > 2 * min(spread)):
-                    notes.append("connections unevenly spread over the workers (see README)")
+                    notes.append(
+                        "connections unevenly spread over the workers (see bench/README.md)"
+                    )
             for note in notes:
                 print(f"  {p.name}: {note}", file=out)
         for note in self.notes:
