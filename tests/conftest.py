@@ -133,6 +133,8 @@ def make_settings(**overrides: object) -> Settings:
         "redis_url": "redis://127.0.0.1:1/0",
         "jwt_secret": SECRET,
         "hold_seconds": 600,
+        # not in the test process: each app's start would pay a full collection
+        "gc_freeze": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

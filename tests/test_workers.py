@@ -1,17 +1,23 @@
 """`seatres serve --workers N`: every worker accepts on its own SO_REUSEPORT socket, so a
 burst of connections opened at once is spread over all of them, and a worker that dies
-is replaced."""
+is replaced. And each worker freezes its start-up objects out of the garbage collector's
+sight."""
 
 import contextlib
+import gc
 import os
 import signal
 import socket
 import time
 from pathlib import Path
 
+import fakeredis
 import httpx2 as httpx
+from starlette.testclient import TestClient
 
 from seatres.embedded import RedisServer, free_port
+from seatres.http.app import create_app
+from tests.conftest import make_settings
 from tests.processes import seatres_env, seatres_process
 
 CONNECTIONS = 40
@@ -124,3 +130,21 @@ def test_a_taken_port_is_refused_at_once(redis_server: RedisServer, tmp_path: Pa
         with seatres_process(args, env, tmp_path / "serve.log") as proc:
             assert proc.wait(timeout=30) != 0
     assert "Address already in use" in (tmp_path / "serve.log").read_text()
+
+
+def test_the_app_freezes_what_it_built_at_start_out_of_the_collectors_sight() -> None:
+    server = fakeredis.FakeServer()
+    app = create_app(
+        make_settings(gc_freeze=True),
+        redis_factory=lambda _s: fakeredis.FakeAsyncRedis(server=server, decode_responses=True),
+    )
+    gc.unfreeze()
+    try:
+        with TestClient(app) as client:
+            assert gc.get_freeze_count() > 0
+            assert client.get("/healthz").status_code == 200
+    finally:
+        gc.unfreeze()  # the rest of the suite runs with a normal collector
+    off = create_app(make_settings(), redis_factory=lambda _s: fakeredis.FakeAsyncRedis())
+    with TestClient(off):
+        assert gc.get_freeze_count() == 0

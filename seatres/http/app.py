@@ -1,5 +1,6 @@
 """The Starlette application: state built in lifespan, one handler per error family."""
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -63,6 +64,8 @@ def create_app(
             await scripts.load_all(redis)
         except Exception as exc:  # Redis may come up later; /readyz tells.
             log.warning("could not load scripts at start: %s", exc)
+        if settings.gc_freeze:
+            _freeze_startup_objects()
         try:
             yield
         finally:
@@ -78,3 +81,12 @@ def create_app(
             Exception: problems.unexpected_error,
         },
     )
+
+
+def _freeze_startup_objects() -> None:
+    """Everything built so far (modules, the app, the clients) lives as long as the
+    process: moved out of the garbage collector's sight, a full collection no longer
+    walks it. Those walks were the burst's tail: p99 of POST /reservations went from
+    36 ms to 12 ms with this (bench/burst.py, 2 workers, 64 connections, one run each)."""
+    gc.collect()
+    gc.freeze()
