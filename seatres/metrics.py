@@ -6,6 +6,7 @@ samples there, and /metrics adds them up. Numbers that live in Redis (seat count
 sweep's runs, which happen in the rq worker) are read at scrape time instead."""
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -64,28 +65,25 @@ class Metrics:
 
         # Children by label values: labels() validates and locks on every call, and the
         # hot path counts every request. The label sets are few (routes x methods x
-        # statuses, transitions x results).
-        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
-        self._transition_children: dict[tuple[str, str], Counter] = {}
+        # statuses, transitions x results, store operations).
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Counter | Histogram, *values: str) -> Any:
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(route, method, str(status)),
-                self.request_seconds.labels(route, method),
-            )
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self._child(self.requests, route, method, str(status)).inc()
+        self._child(self.request_seconds, route, method).observe(seconds)
 
     def count_transition(self, transition: str, result: str) -> None:
-        key = (transition, result)
-        child = self._transition_children.get(key)
-        if child is None:
-            child = self._transition_children[key] = self.transitions.labels(transition, result)
-        child.inc()
+        self._child(self.transitions, transition, result).inc()
+
+    def time_store_call(self, operation: str, seconds: float) -> None:
+        self._child(self.redis_seconds, operation).observe(seconds)
 
     def collecting_registry(self) -> CollectorRegistry:
         """What /metrics exposes: every worker's samples in multiprocess mode."""

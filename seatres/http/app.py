@@ -41,9 +41,7 @@ def create_app(
             redis,
             log_max_length=settings.log_max_length,
             idempotency_ttl_ms=settings.idempotency_ttl_seconds * 1000,
-            observe=lambda operation, seconds: metrics.redis_seconds.labels(operation).observe(
-                seconds
-            ),
+            observe=metrics.time_store_call,
         )
         rules = Rules(
             hold_ms=settings.hold_ms,
