@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import orjson
 import pytest
 import redis
@@ -24,7 +25,7 @@ from rq.job import Job
 from starlette.testclient import TestClient
 
 from seatres import inspection
-from seatres.embedded import RedisServer
+from seatres.embedded import RedisServer, free_port
 from seatres.embedded_cluster import LocalCluster
 from seatres.http.app import create_app
 from seatres.jobs.runner import EXPIRE_JOB_ID, ExpiryScheduler, register_cron
@@ -239,6 +240,35 @@ def test_worker_without_a_jobs_redis_says_what_to_set(
         with seatres_process(command, seatres_env(cluster.url), log) as proc:
             assert proc.wait(timeout=60) == 1
         assert "SEATRES_JOBS_REDIS_URL must be set" in log.read_text()
+
+
+def test_dev_runs_api_worker_and_scheduler_against_the_cluster(
+    cluster: LocalCluster, jobs_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = seatres_env(cluster.url, queue_name=QUEUE, jobs_redis_url=jobs_url)
+    log = tmp_path / "dev.log"
+    with seatres_process(["dev", "--port", str(port)], env, log) as proc:
+        deadline = time.monotonic() + 60
+        registered = False
+        while not registered:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+            with redis.Redis.from_url(jobs_url) as jobs:
+                registered = jobs.zscore("rq:scheduler:scheduled_jobs", EXPIRE_JOB_ID) is not None
+                workers = jobs.smembers("rq:workers")
+        assert workers, "no rq worker registered in the jobs Redis"
+        base = f"http://127.0.0.1:{port}"
+        put = httpx.put(f"{base}/events/dev", json={"name": "D", "seats": ["A1"]}, headers=ADMIN)
+        assert put.status_code == 201, put.text
+        reserve = httpx.post(
+            f"{base}/reservations",
+            json={"eventId": "dev", "seatId": "A1"},
+            headers=ALICE,
+        )
+        assert reserve.status_code == 201, reserve.text
+        assert httpx.get(f"{base}/readyz").status_code == 200
 
 
 # The CLI
