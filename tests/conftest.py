@@ -128,6 +128,17 @@ def jobs(redis_server: RedisServer) -> Iterator[redis.Redis]:
         yield r
 
 
+@pytest.fixture
+def jobs_url(redis_server: RedisServer) -> Iterator[str]:
+    """A plain Redis for rq apart from the reservations: database 9 of the session's
+    redis-server, emptied before and after."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/9"
+    with redis.Redis.from_url(url) as r:
+        r.flushdb()
+        yield url
+        r.flushdb()
+
+
 def make_settings(**overrides: object) -> Settings:
     values: dict[str, object] = {
         "redis_url": "redis://127.0.0.1:1/0",

@@ -25,7 +25,7 @@ from rq.job import Job
 from starlette.testclient import TestClient
 
 from seatres import inspection
-from seatres.embedded import RedisServer, free_port
+from seatres.embedded import free_port
 from seatres.embedded_cluster import LocalCluster
 from seatres.http.app import create_app
 from seatres.jobs.runner import EXPIRE_JOB_ID, ExpiryScheduler, register_cron
@@ -56,16 +56,6 @@ def store(cluster: LocalCluster) -> Iterator[redis.cluster.RedisCluster]:
     client = sync_client(cluster)
     yield client
     client.close()
-
-
-@pytest.fixture
-def jobs_url(redis_server: RedisServer) -> Iterator[str]:
-    """The jobs' plain Redis: database 9 of the session's redis-server, emptied."""
-    url = redis_server.url.rsplit("/", 1)[0] + "/9"
-    with redis.Redis.from_url(url) as r:
-        r.flushdb()
-        yield url
-        r.flushdb()
 
 
 # The URL convention

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from rq import Queue, Worker
 from rq_scheduler import Scheduler
 
 from seatres.cli import parser
-from seatres.embedded import RedisServer
 from seatres.embedded_cluster import LocalCluster, redis_cli_binary
 from seatres.jobs.runner import EXPIRE_JOB_ID, register_cron
 from seatres.settings import Settings
@@ -259,16 +257,6 @@ def test_compose_config_accepts_the_file(path: Path) -> None:
 
 
 # The healthchecks of the worker and the scheduler, run against a real Redis
-
-
-@pytest.fixture
-def jobs_url(redis_server: RedisServer) -> Iterator[str]:
-    """Database 8 of the session's redis-server, emptied before and after."""
-    url = redis_server.url.rsplit("/", 1)[0] + "/8"
-    with redis.Redis.from_url(url) as r:
-        r.flushdb()
-        yield url
-        r.flushdb()
 
 
 def _healthy(service: dict[str, Any], url: str) -> bool:
