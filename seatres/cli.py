@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -252,8 +253,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_on_sigterm(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every `with` block gets to stop what it started
+    # (dev's worker and scheduler, the embedded Redis). Without a handler of ours the
+    # default one kills the process outright: uvicorn shuts down gracefully on SIGTERM,
+    # then raises the signal again with the handler that was there before it.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     args.func(args)
 
 

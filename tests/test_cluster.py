@@ -37,7 +37,7 @@ from seatres.store.connection import connect, connect_sync
 from seatres.store.redis_store import RedisStore
 from tests.cluster import events_on_every_master, flush, port_of_event, sync_client
 from tests.conftest import ADMIN, ALICE, SECRET, make_settings, put_event
-from tests.processes import seatres_env, seatres_process
+from tests.processes import alive, child_pids, seatres_env, seatres_process
 
 pytestmark = pytest.mark.cluster
 
@@ -259,6 +259,13 @@ def test_dev_runs_api_worker_and_scheduler_against_the_cluster(
         )
         assert reserve.status_code == 201, reserve.text
         assert httpx.get(f"{base}/readyz").status_code == 200
+        children = child_pids(proc.pid)
+        assert len(children) >= 2, children  # the worker and the scheduler
+    # stopped with SIGTERM, dev stops its worker and scheduler too
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in children):
+        assert time.monotonic() < deadline, [p for p in children if alive(p)]
+        time.sleep(0.2)
 
 
 # The CLI

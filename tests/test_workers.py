@@ -18,26 +18,15 @@ from starlette.testclient import TestClient
 from seatres.embedded import RedisServer, free_port
 from seatres.http.app import create_app
 from tests.conftest import make_settings
-from tests.processes import seatres_env, seatres_process
+from tests.processes import child_pids, seatres_env, seatres_process
 
 CONNECTIONS = 40
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
 
 
 def _workers(pid: int) -> list[int]:
     """The supervisor's worker processes (not multiprocessing's resource tracker)."""
     workers = []
-    for child in _children(pid):
+    for child in child_pids(pid):
         with contextlib.suppress(OSError):
             if b"--multiprocessing-fork" in Path(f"/proc/{child}/cmdline").read_bytes():
                 workers.append(child)
