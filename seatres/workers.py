@@ -34,12 +34,21 @@ class WorkerSpec:
     uvicorn_options: dict[str, Any]  # uvicorn.Config keyword arguments (picklable)
 
 
-def reuse_port_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+def _bound_reuse_port_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def reuse_port_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    sock = _bound_reuse_port_socket(host, port)
     sock.listen(backlog)
     return sock
 
@@ -63,11 +72,7 @@ def check_port(host: str, port: int) -> None:
     """Fails now, in the supervisor, when the port is taken by anything but our own
     workers (a reuse-port bind succeeds only alongside sockets that also set it). The
     probe never listens, so no connection is ever queued on it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        probe.bind((host, port))
+    _bound_reuse_port_socket(host, port).close()
 
 
 def run(spec: WorkerSpec, workers: int) -> None:

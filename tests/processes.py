@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -91,3 +91,20 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_for(
+    what: str,
+    check: Callable[[], object],
+    timeout: float,
+    logs: Sequence[Path] = (),
+    interval: float = 0.05,
+) -> None:
+    """Polls `check` until it is true; on timeout fails with the tails of the logs of the
+    processes involved."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
+            raise AssertionError(f"timed out waiting for {what}\n{tails}")
+        time.sleep(interval)

@@ -25,7 +25,7 @@ from seatres.jobs.runner import EXPIRE_CRON, EXPIRE_JOB_ID, ExpiryScheduler, reg
 from seatres.store import keys
 from seatres.store.redis_store import RedisStore
 from tests.conftest import ADMIN, ALICE
-from tests.processes import api_server, seatres_env, seatres_process
+from tests.processes import api_server, seatres_env, seatres_process, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -57,15 +57,6 @@ def _results(jobs: redis.Redis) -> list[Result]:
     return Job.fetch(EXPIRE_JOB_ID, connection=jobs).results()
 
 
-def _wait_for(what: str, check: Any, timeout: float, logs: list[Path]) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs)
-            raise AssertionError(f"timed out waiting for {what}\n{tails}")
-        time.sleep(0.5)
-
-
 def test_cron_job_expires_a_hold_made_through_the_api(
     redis_server: RedisServer, store: redis.Redis, jobs: redis.Redis, tmp_path: Path
 ) -> None:
@@ -90,7 +81,7 @@ def test_cron_job_expires_a_hold_made_through_the_api(
 
         # Only the job writes: nothing here touches the reservation again until it is done.
         holds = keys.event_keys("night").holds
-        _wait_for(
+        wait_for(
             "the job to expire the hold",
             lambda: _stored(store, "night", rid)["state"] == "EXPIRED",
             EXPIRY_TIMEOUT,
@@ -108,7 +99,7 @@ def test_cron_job_expires_a_hold_made_through_the_api(
         assert store.zcard(keys.SWEEP_CLAIMED) == 0
 
         # ...by the job: one of its results says so, and rq shows it finished.
-        _wait_for("the job's result", lambda: len(_results(jobs)) > 0, 30, logs)
+        wait_for("the job's result", lambda: len(_results(jobs)) > 0, 30, logs)
         returned = [r.return_value for r in _results(jobs) if r.type == Result.Type.SUCCESSFUL]
         assert any(v["events"].get("night") == 1 for v in returned), returned
         assert sum(v["events"].get("night", 0) for v in returned) == 1
@@ -137,10 +128,10 @@ def test_two_schedulers_register_one_cron_job(
     env = _env(redis_server)
     logs = [tmp_path / f"scheduler-{i}.log" for i in range(3)]
     with seatres_process(["scheduler"], env, logs[0]):
-        _wait_for("a registration", lambda: jobs.zcard(SCHEDULED) == 1, 30, logs)
+        wait_for("a registration", lambda: jobs.zcard(SCHEDULED) == 1, 30, logs)
         first_due = jobs.zscore(SCHEDULED, EXPIRE_JOB_ID)
         with seatres_process(["scheduler"], env, logs[1]):
-            _wait_for(
+            wait_for(
                 "two running schedulers",
                 lambda: len(jobs.keys("rq:scheduler_instance:*")) == 2,
                 30,

@@ -13,7 +13,6 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from seatres.jobs.runner import EXPIRE_JOB_ID, ExpiryScheduler, register_cron
 from seatres.jobs.sweep import sweep
 from seatres.store import keys
 from seatres.store.redis_store import SWEEP_LEASE_MS, RedisStore
-from tests.processes import seatres_env, seatres_process
+from tests.processes import seatres_env, seatres_process, wait_for
 
 QUEUE = "seatres-faults"
 SCHEDULED = "rq:scheduler:scheduled_jobs"
@@ -209,15 +208,6 @@ def enqueue_sweep(jobs: redis.Redis) -> Job:
     return job
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float, logs: list[Path]) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
-            raise AssertionError(f"timed out waiting for {what}\n{tails}")
-        time.sleep(0.01)
-
-
 def _results(jobs: redis.Redis) -> list[Result]:
     if not jobs.exists(Job.key_for(EXPIRE_JOB_ID)):
         return []
@@ -272,7 +262,7 @@ def _kill_mid_sweep(
             horses[:] = psutil.Process(worker.pid).children()
             return bool(horses) and due_left(store, plans) <= total * 4 // 5
 
-        wait_for("the sweep to be under way", sweeping, 60, [log])
+        wait_for("the sweep to be under way", sweeping, 60, [log], interval=0.01)
         assert len(horses) == 1, horses  # rq forks one work horse per job
         horse = horses[0].pid
         os.kill(horse, signal.SIGKILL)
