@@ -57,6 +57,17 @@ def _results(jobs: redis.Redis) -> list[Result]:
     return Job.fetch(EXPIRE_JOB_ID, connection=jobs).results()
 
 
+def wait_for_two_schedulers_with_one_job(jobs: redis.Redis, logs: list[Path]) -> None:
+    """Two rq-schedulers are running, and the expiry job is registered once."""
+    wait_for(
+        "two running schedulers",
+        lambda: len(jobs.keys("rq:scheduler_instance:*")) == 2,
+        30,
+        logs,
+    )
+    assert [m.decode() for m in jobs.zrange(SCHEDULED, 0, -1)] == [EXPIRE_JOB_ID]
+
+
 def test_cron_job_expires_a_hold_made_through_the_api(
     redis_server: RedisServer, store: redis.Redis, jobs: redis.Redis, tmp_path: Path
 ) -> None:
@@ -131,13 +142,7 @@ def test_two_schedulers_register_one_cron_job(
         wait_for("a registration", lambda: jobs.zcard(SCHEDULED) == 1, 30, logs)
         first_due = jobs.zscore(SCHEDULED, EXPIRE_JOB_ID)
         with seatres_process(["scheduler"], env, logs[1]):
-            wait_for(
-                "two running schedulers",
-                lambda: len(jobs.keys("rq:scheduler_instance:*")) == 2,
-                30,
-                logs,
-            )
-            assert [m.decode() for m in jobs.zrange(SCHEDULED, 0, -1)] == [EXPIRE_JOB_ID]
+            wait_for_two_schedulers_with_one_job(jobs, logs)
             job = Job.fetch(EXPIRE_JOB_ID, connection=jobs)
             assert job.meta["cron_string"] == EXPIRE_CRON
             assert job.origin == QUEUE

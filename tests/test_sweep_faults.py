@@ -37,9 +37,9 @@ from seatres.jobs.sweep import sweep
 from seatres.store import keys
 from seatres.store.redis_store import SWEEP_LEASE_MS, RedisStore
 from tests.processes import seatres_env, seatres_process, wait_for
+from tests.test_jobs_integration import SCHEDULED, wait_for_two_schedulers_with_one_job
 
 QUEUE = "seatres-faults"
-SCHEDULED = "rq:scheduler:scheduled_jobs"
 DUE_HOLD_MS = 1  # due as soon as it is made
 LATER_HOLD_MS = 600_000  # not due during the test
 CUSTOMERS = 40  # due holds are spread over this many customers per event
@@ -415,13 +415,7 @@ def test_two_schedulers_and_a_worker_expire_every_due_hold_once_even_after_one_i
             stack.enter_context(seatres_process(["scheduler"], env, log)) for log in logs[:2]
         ]
         stack.enter_context(seatres_process(["worker"], env, logs[2]))
-        wait_for(
-            "two running schedulers",
-            lambda: len(jobs.keys("rq:scheduler_instance:*")) == 2,
-            30,
-            logs,
-        )
-        assert [m.decode() for m in jobs.zrange(SCHEDULED, 0, -1)] == [EXPIRE_JOB_ID]
+        wait_for_two_schedulers_with_one_job(jobs, logs)
 
         # The next minute's run (the cron job runs on the minute).
         wait_for("the cron run", lambda: due_left(store, first) == 0, 90, logs)
