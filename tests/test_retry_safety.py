@@ -21,7 +21,7 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from seatres.domain import ids
-from seatres.domain.errors import NotFound, ReservationExpired
+from seatres.domain.errors import NotFound, ReservationExpired, SeatUnavailable
 from seatres.domain.models import Caller, IdempotencyKey, Outcome, Reservation
 from seatres.domain.states import ReservationState, Transition
 from seatres.embedded import RedisServer
@@ -110,6 +110,33 @@ def test_retried_reserve_with_other_seats_does_not_claim_them(backend: Backend) 
     assert second == first
     assert backend.sync.hgetall(keys.event_keys(EVENT).claims) == {"A1": rid}
     assert _counters(backend.sync) == (1, 0)
+
+
+def test_retried_reserve_after_its_hold_ended(backend: Backend) -> None:
+    """A retry finds its reservation by the seats' claims while the hold stands; once the
+    hold has ended it still answers with it while the seats are free, and like any late
+    request (the seat is taken, nothing written) once someone else holds them."""
+    rid = ids.new_reservation_id(EVENT)
+    alice = Caller("alice", False)
+    before: dict[str, Any] = {}
+
+    async def body(store: RedisStore) -> tuple[Reservation, Reservation]:
+        await store.reserve(EVENT, rid, "alice", ["A1"], HOLD_MS)
+        await store.transition(EVENT, rid, Transition.CANCEL, alice)
+        freed = (await store.reserve(EVENT, rid, "alice", ["A1"], HOLD_MS)).reservation
+        other = ids.new_reservation_id(EVENT)
+        taken = (await store.reserve(EVENT, other, "bob", ["A1"], HOLD_MS)).reservation
+        before.update(_snapshot(backend.sync))
+        with pytest.raises(SeatUnavailable) as refused:
+            await store.reserve(EVENT, rid, "alice", ["A1"], HOLD_MS)
+        assert refused.value.seat_ids == ["A1"]
+        return freed, taken
+
+    freed, taken = asyncio.run(_with_store(backend, body))
+    assert (freed.id, freed.state) == (rid, ReservationState.CANCELLED)
+    assert taken.state is ReservationState.RESERVED
+    assert _snapshot(backend.sync) == before
+    assert backend.sync.hgetall(keys.event_keys(EVENT).claims) == {"A1": taken.id}
 
 
 def test_reserve_with_an_id_of_another_customer_is_refused_and_changes_nothing(

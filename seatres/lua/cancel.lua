@@ -38,5 +38,4 @@ if refusal then
   return reply(refusal)
 end
 
-end_hold(K, r, 'CANCELLED', 'cancel', caller_id, now, log_max)
-return reply({1, cjson.encode(r)})
+return reply({1, end_hold(K, r, 'CANCELLED', 'cancel', caller_id, now, log_max)})

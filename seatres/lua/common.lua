@@ -31,8 +31,11 @@ local function load_reservation(K, id)
   return cjson.decode(raw)
 end
 
+-- Returns the JSON written, which is also the script's answer: encoded once.
 local function save_reservation(K, r)
-  redis.call('HSET', K.reservations, r.id, cjson.encode(r))
+  local json = cjson.encode(r)
+  redis.call('HSET', K.reservations, r.id, json)
+  return json
 end
 
 -- A hold whose time has passed counts as expired the moment anything touches it.
@@ -57,8 +60,8 @@ local function claim_is_live(K, holder_id, now)
 end
 
 -- Sorts one seat's claim: a live one puts the seat in `taken`, a due one puts its
--- holder in `stale` (to be expired once every guard has passed). Returns whether the
--- seat is claimed at all.
+-- holder in `stale` (to be expired once every guard has passed). Returns the id of the
+-- reservation that claims the seat, or false.
 local function sort_claim(K, seat, now, taken, stale)
   local holder_id = redis.call('HGET', K.claims, seat)
   if not holder_id then
@@ -70,7 +73,7 @@ local function sort_claim(K, seat, now, taken, stale)
   else
     stale[holder_id] = due_holder
   end
-  return true
+  return holder_id
 end
 
 local function may_access(r, caller_id, is_admin)
@@ -98,7 +101,8 @@ end
 
 -- Ends a RESERVED hold: frees the seats it still claims, drops it from the holds set
 -- and moves it to the terminal state given. Seats claimed by another reservation are
--- never touched, so a stale hold can never free a newer one.
+-- never touched, so a stale hold can never free a newer one. Returns the reservation's
+-- new JSON.
 local function end_hold(K, r, state, action, by, now, log_max)
   for _, seat in ipairs(r.seatIds) do
     if redis.call('HGET', K.claims, seat) == r.id then
@@ -111,7 +115,7 @@ local function end_hold(K, r, state, action, by, now, log_max)
   r.state = state
   r.updatedAt = now
   record(K, r, action, 'RESERVED', by, now, log_max)
-  save_reservation(K, r)
+  return save_reservation(K, r)
 end
 
 -- The guards every caller-driven change of one reservation shares (confirm, cancel,

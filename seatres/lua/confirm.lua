@@ -44,5 +44,4 @@ redis.call('HINCRBY', K.meta, 'booked', #r.seatIds)
 r.state = 'CONFIRMED'
 r.updatedAt = now
 record(K, r, 'confirm', 'RESERVED', caller_id, now, log_max)
-save_reservation(K, r)
-return reply({1, cjson.encode(r)})
+return reply({1, save_reservation(K, r)})

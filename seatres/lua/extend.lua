@@ -51,5 +51,4 @@ r.updatedAt = now
 r.lastExtension = nonce
 redis.call('ZADD', K.holds, expires_at, id)
 record(K, r, 'extend', 'RESERVED', caller_id, now, log_max)
-save_reservation(K, r)
-return reply({1, cjson.encode(r)})
+return reply({1, save_reservation(K, r)})

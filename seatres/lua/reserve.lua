@@ -6,7 +6,10 @@
 --
 -- ARGV[1] reservation id, chosen by the caller. A retried call with the same id
 --         (redis-py retries after timeouts) finds its own reservation and answers
---         with it instead of creating a second one.
+--         with it instead of creating a second one: by the seats' claims, which carry
+--         this id while the hold stands, and, once every guard has passed, by the id
+--         itself. (A retry whose hold has meanwhile ended and whose seat someone else
+--         took answers as any late request would: the seat is taken.)
 -- ARGV[2] customer id
 -- ARGV[3] hold length in ms
 -- ARGV[4] most seats the customer may have active in this event (0 = no limit)
@@ -41,8 +44,12 @@ if answer then
   return answer
 end
 
-local existing = load_reservation(K, id)
-if existing then
+-- The answer when this id already exists: an earlier run of this very call made it.
+local function made_before()
+  local existing = load_reservation(K, id)
+  if not existing then
+    return nil
+  end
   if existing.customerId ~= customer_id then
     return {-6}
   end
@@ -54,15 +61,22 @@ local seat_ids = {}
 local unknown = {}
 local taken = {}
 local stale = {}
+local retried = false
 for i = FIRST_SEAT, #ARGV do
   local seat = ARGV[i]
   seat_ids[#seat_ids + 1] = seat
-  -- The claim first: on a burst most calls end here, in a conflict. A claimed seat is
-  -- always one of the event's (upsert_event never removes a claimed seat), so only an
-  -- unclaimed one needs the seats lookup.
-  if not sort_claim(K, seat, now, taken, stale) and not redis.call('ZSCORE', K.seats, seat) then
+  -- The claim first: on a burst most calls end here, in a conflict, with no other read.
+  -- A claimed seat is always one of the event's (upsert_event never removes a claimed
+  -- seat), so only an unclaimed one needs the seats lookup.
+  local holder_id = sort_claim(K, seat, now, taken, stale)
+  if holder_id == id then
+    retried = true
+  elseif not holder_id and not redis.call('ZSCORE', K.seats, seat) then
     unknown[#unknown + 1] = seat
   end
+end
+if retried then
+  return made_before()
 end
 if #unknown > 0 then
   -- an event that does not exist has no seats at all
@@ -73,6 +87,10 @@ if #unknown > 0 then
 end
 if #taken > 0 then
   return reply({-3, unpack(taken)})
+end
+local earlier = made_before()
+if earlier then
+  return earlier
 end
 
 if max_per_customer > 0 then
@@ -118,5 +136,4 @@ redis.call('ZADD', K.holds, r.expiresAt, id)
 redis.call('HINCRBY', K.meta, 'held', #seat_ids)
 add_customer_seats(K, customer_id, #seat_ids)
 record(K, r, 'reserve', nil, customer_id, now, log_max)
-save_reservation(K, r)
-return reply({1, cjson.encode(r)})
+return reply({1, save_reservation(K, r)})
