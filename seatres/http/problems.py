@@ -51,6 +51,10 @@ def problem(
 
 async def domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
+    return domain_problem(exc)
+
+
+def domain_problem(exc: DomainError) -> Response:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
     if exc.status == 503:
         headers = {"Retry-After": "1"}

@@ -13,7 +13,7 @@ from seatres.domain.models import Outcome
 from seatres.domain.service import require_admin
 from seatres.http import render, ui
 from seatres.http.openapi import openapi_document
-from seatres.http.problems import REPLAYED_HEADER, problem
+from seatres.http.problems import REPLAYED_HEADER, domain_problem, problem
 from seatres.http.requests import app_state, caller, idempotency, json_body, page_query
 from seatres.http.schemas import EventBody, ExtendBody, ReserveBody
 from seatres.metrics import store_families
@@ -66,7 +66,10 @@ async def _transition(
             metrics.seat_conflicts.inc(len(exc.seat_ids))
         if exc.replayed:
             metrics.replays.labels(transition).inc()
-        raise
+        # Answered here, as the app's DomainError handler would: most answers of a burst
+        # are 409s, and the exception unwinding through Starlette's layers to that
+        # handler cost more than building the answer.
+        return domain_problem(exc)
     metrics.count_transition(transition, "ok")
     headers = {}
     if outcome.replayed:

@@ -12,8 +12,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -125,6 +124,11 @@ def _outcome(result: Sequence[Any], what: str) -> Outcome:
     return Outcome(decode_reservation(result[1]), replayed)
 
 
+# Value -> state: a dict lookup, several times cheaper than ReservationState(value), and
+# decoding is on the path of every transition's answer.
+_STATE = {state.value: state for state in ReservationState}
+
+
 def decode_reservation(raw: str) -> Reservation:
     """A reservation as the scripts keep it (JSON in the event's reservations hash)."""
     data = orjson.loads(raw)
@@ -133,7 +137,7 @@ def decode_reservation(raw: str) -> Reservation:
         event_id=data["eventId"],
         seat_ids=tuple(data["seatIds"]),
         customer_id=data["customerId"],
-        state=ReservationState(data["state"]),
+        state=_STATE[data["state"]],
         created_at_ms=int(data["createdAt"]),
         expires_at_ms=int(data["expiresAt"]),
         updated_at_ms=int(data["updatedAt"]),
@@ -145,8 +149,8 @@ def _change(data: dict[str, Any]) -> Change:
     return Change(
         at_ms=int(data["at"]),
         action=data["action"],
-        from_state=ReservationState(data["from"]) if "from" in data else None,
-        to_state=ReservationState(data["to"]),
+        from_state=_STATE[data["from"]] if "from" in data else None,
+        to_state=_STATE[data["to"]],
         by=data["by"],
     )
 
@@ -176,23 +180,19 @@ def _raised_in_a_redis_connection(exc: BaseException) -> bool:
     return False
 
 
-@asynccontextmanager
-async def _unavailable_on_failure() -> AsyncIterator[None]:
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError) as exc:
-        raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
-    except (ClusterError, TryAgainError, AskError, SlotNotCoveredError) as exc:
+def _as_unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """The 503 for a Redis error that says "not now" (None for any other error)."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | BusyLoadingError | ReadOnlyError):
+        return StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}")
+    if isinstance(exc, ClusterError | TryAgainError | AskError | SlotNotCoveredError):
         # CLUSTERDOWN, a failover under way, or redirections that did not settle within
         # redis-py's limit (a slot being moved): retry later
-        raise StoreUnavailable(
-            f"Redis Cluster is unavailable: {type(exc).__name__}: {exc}"
-        ) from exc
-    except RedisClusterException as exc:
+        return StoreUnavailable(f"Redis Cluster is unavailable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, RedisClusterException):
         if _CLUSTER_UNAVAILABLE.search(str(exc)):
-            raise StoreUnavailable(f"Redis Cluster is unavailable: {exc}") from exc
-        raise
-    except (AttributeError, RuntimeError) as exc:
+            return StoreUnavailable(f"Redis Cluster is unavailable: {exc}")
+        return None
+    if isinstance(exc, AttributeError | RuntimeError):
         # redis-py's cluster client, when it loses a node, closes every connection of the
         # client (aclose) to learn the topology again, also those other requests are using
         # at that moment: one caught halfway through connecting or sending fails with
@@ -200,16 +200,33 @@ async def _unavailable_on_failure() -> AsyncIterator[None]:
         # perform operation on <TCPTransport closed=True ...>" (uvloop). A node is gone:
         # retry later.
         if _raised_in_a_redis_connection(exc):
-            raise StoreUnavailable(f"Redis connection closed while in use: {exc}") from exc
-        raise
-    except OutOfMemoryError as exc:  # maxmemory with noeviction: nothing was written
-        raise StoreUnavailable(f"Redis is out of memory: {exc}") from exc
-    except ResponseError as exc:
+            return StoreUnavailable(f"Redis connection closed while in use: {exc}")
+        return None
+    if isinstance(exc, OutOfMemoryError):  # maxmemory with noeviction: nothing was written
+        return StoreUnavailable(f"Redis is out of memory: {exc}")
+    if isinstance(exc, ResponseError) and _TRANSIENT.search(str(exc)):
         # The same refusals raised inside a script arrive as a plain ResponseError:
         # "Error running script (...): @user_script:...: -OOM command not allowed ..."
-        if _TRANSIENT.search(str(exc)):
-            raise StoreUnavailable(f"Redis refused the command: {exc}") from exc
-        raise
+        return StoreUnavailable(f"Redis refused the command: {exc}")
+    return None
+
+
+class _UnavailableOnFailure:
+    """`with _unavailable_on_failure:` turns Redis errors that say "not now" into
+    StoreUnavailable (503); other errors pass unchanged. A plain class, not a
+    generator-based context manager: it wraps every call on the hot path."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        if exc is not None and not isinstance(exc, DomainError):
+            unavailable = _as_unavailable(exc)
+            if unavailable is not None:
+                raise unavailable from exc
+
+
+_unavailable_on_failure = _UnavailableOnFailure()
 
 
 class RedisStore:
@@ -230,7 +247,7 @@ class RedisStore:
         self._loading: dict[str, asyncio.Future[Any]] = {}
 
     async def ping(self) -> None:
-        async with _unavailable_on_failure():
+        with _unavailable_on_failure:
             if isinstance(self._redis, RedisCluster):
                 # every primary: a cluster with a master unreachable cannot serve its slots
                 await self._redis.ping(target_nodes=RedisCluster.PRIMARIES)
@@ -255,7 +272,7 @@ class RedisStore:
         s = scripts.script(name)
         call = ("EVALSHA", s.sha, len(script_keys), *script_keys, *args)
         started = time.perf_counter()
-        async with _unavailable_on_failure():
+        with _unavailable_on_failure:
             for _ in range(2):
                 (reply,) = await self._batcher.submit(call)
                 if not isinstance(reply, NoScriptError):
@@ -286,7 +303,7 @@ class RedisStore:
         if code < 0:
             raise _error_for(code, result[1:], "Event")
         # the index of all events lives in its own slot: a command of its own
-        async with _unavailable_on_failure():
+        with _unavailable_on_failure:
             await self._batcher.execute("SADD", keys.EVENTS, event_id)
         return EventUpsert(created=code == CREATED, added=int(result[1]), removed=int(result[2]))
 
@@ -338,7 +355,7 @@ class RedisStore:
         changes nothing in Redis. If it fails, the hold stands (the client is told so);
         it still expires lazily, and with the event's next indexed hold."""
         try:
-            async with _unavailable_on_failure():
+            with _unavailable_on_failure:
                 await self._batcher.execute("ZADD", keys.SWEEP_DUE, "LT", expires_at_ms, event_id)
         except StoreUnavailable as exc:
             log.warning("hold of event %s not indexed for the sweep: %s", event_id, exc.detail)
@@ -407,7 +424,7 @@ class RedisStore:
 
     async def _with_clock(self, command: tuple[Any, ...]) -> tuple[Any, int]:
         """A read and Redis's clock (ms), in one round trip."""
-        async with _unavailable_on_failure():
+        with _unavailable_on_failure:
             replies = await self._batcher.submit(command, ("TIME",))
             for reply in replies:
                 if isinstance(reply, Exception):
@@ -462,7 +479,7 @@ class RedisStore:
     async def event_counts(self, limit: int) -> list[EventCounts]:
         """Name and seat counters of up to `limit` events: O(limit), not O(seats), and
         SSCAN rather than SMEMBERS, so a huge events set costs no more."""
-        async with _unavailable_on_failure():
+        with _unavailable_on_failure:
             event_ids: list[str] = []
             async for member in self._redis.sscan_iter(keys.EVENTS, count=limit):
                 event_ids.append(str(member))
