@@ -34,12 +34,14 @@ end
 
 -- Tallies are flat global tables (tally_<name>): wrk's thread:get copies a table but
 -- not a table nested in one (its copy pops the wrong stack slot: "invalid key to 'next'").
+local tallies = {}  -- name -> its global table, found without building its name per call
 for _, name in ipairs(tally_names or {}) do
-  _G["tally_" .. name] = {}
+  tallies[name] = {}
+  _G["tally_" .. name] = tallies[name]
 end
 
 function tally(name, key)
-  local t = _G["tally_" .. name]
+  local t = tallies[name]
   t[key] = (t[key] or 0) + 1
 end
 
