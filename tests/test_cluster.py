@@ -425,11 +425,11 @@ def test_a_connection_closed_under_a_request_is_503_not_500() -> None:
     from seatres.store.redis_store import _unavailable_on_failure
 
     async def closed_under_us() -> None:
-        async with _unavailable_on_failure():
+        with _unavailable_on_failure:
             await Connection()._send_packed_command([b"PING"])  # its writer is gone
 
     async def our_own_bug() -> None:
-        async with _unavailable_on_failure():
+        with _unavailable_on_failure:
             None.writelines([])  # type: ignore[attr-defined]
 
     with pytest.raises(StoreUnavailable):
