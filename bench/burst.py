@@ -155,6 +155,16 @@ def cpu_seconds(pid: int) -> float:
     return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def cpu_seconds_with_children(pid: int) -> float:
+    """The process's CPU, its children's that it has waited for (Redis's AOF rewrite
+    children), and its living descendants'."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0
+    own = sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
+    return own + sum(cpu_seconds(child) for child in descendants(pid))
+
+
 def start_time(pid: int) -> str | None:
     fields = _stat_fields(pid)
     return None if fields is None else fields[19]
@@ -501,7 +511,6 @@ class Bench:
         api_pids = [self.api.pid, *(p for p in descendants(self.api.pid) if p not in workers)]
         usage = Usage()
         usage.waited_for_rewrite_s = round(self.wait_for_rewrites(), 1)
-        forks_before = self.total_forks()
         timer: threading.Timer | None = None
         if sample_connections:
 
@@ -512,7 +521,8 @@ class Bench:
             timer = threading.Timer(self.args.duration / 2, sample)
             timer.start()
         self.reset_stats()
-        redis_before = sum(cpu_seconds(p) for p in redis_pids)
+        forks_before = self.total_forks()  # (CONFIG RESETSTAT zeroes it: read after)
+        redis_before = sum(cpu_seconds_with_children(p) for p in redis_pids)
         loadgen_before = children_cpu_seconds()
         api_before = sum(cpu_seconds(p) for p in api_pids)
         host_before, everyone_before = host_ticks(), all_processes()
@@ -535,7 +545,8 @@ class Bench:
             usage.host_processes, usage.host_interrupts, usage.host_steal = (
                 round(100 * cores * v / host[3]) for v in host[:3]
             )
-        ours = {*redis_pids, os.getpid(), *api_pids, *workers}
+        forked = [child for p in redis_pids for child in descendants(p)]  # AOF rewrites
+        ours = {*redis_pids, *forked, os.getpid(), *api_pids, *workers}
         foreign: list[tuple[float, int]] = []
         for pid, (started_at, seconds) in all_processes().items():
             if pid not in ours:
@@ -549,7 +560,7 @@ class Bench:
             for seconds, pid in sorted(foreign, reverse=True)[:3]
             if percent(seconds) >= 5
         ]
-        usage.redis = percent(sum(cpu_seconds(p) for p in redis_pids) - redis_before)
+        usage.redis = percent(sum(cpu_seconds_with_children(p) for p in redis_pids) - redis_before)
         usage.loadgen = percent(children_cpu_seconds() - loadgen_before)
         per_worker = [cpu_seconds(p) - b for p, b in zip(workers, workers_before, strict=True)]
         usage.api_workers = [percent(v) for v in per_worker]
