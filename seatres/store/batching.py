@@ -8,6 +8,13 @@ reserve hot path). Each command is still a separate, atomic EVALSHA: batching ch
 how they travel, not what they do. A pipeline that redis-py retries re-sends every
 command in it; every script is safe to run twice for one request.
 
+On a single Redis the pipeline is a RespPipe (seatres.store.resp): one connection of the
+worker's own with hiredis parsing, cheaper per request than redis-py's pipeline, with
+the same error classes, timeouts and Retry policy, and redis-py's response callbacks
+applied here to its replies (TIME as a pair of ints, as redis-py gives it). A client
+whose connections are not redis-py's plain ones (fakeredis in tests) keeps redis-py's
+pipeline.
+
 On a Redis Cluster the pipeline is redis-py's ClusterPipeline: it splits the batch by
 node (a command's node from its keys: EVALSHA's after numkeys), sends each node its part
 at the same time, and re-sends a command answered MOVED, ASK or TRYAGAIN on its own,
@@ -25,6 +32,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import SlotNotCoveredError
 
+from seatres.store.resp import RespPipe
+
 MAX_BATCH = 512
 # Share of a cluster node's connections that batches may hold at once; the rest serve
 # the calls that do not go through the batcher (script loads, /readyz, /metrics).
@@ -41,6 +50,7 @@ class TickBatcher:
         self._pending_commands = 0
         self._sending: set[asyncio.Task[None]] = set()
         self._cluster: RedisCluster | None = None
+        self._pipe: RespPipe | None = None
         self._in_flight: asyncio.Semaphore | None = None
         self._wait_seconds = 2.0
         if isinstance(redis, RedisCluster):
@@ -50,6 +60,14 @@ class TickBatcher:
             self._in_flight = asyncio.Semaphore(max(1, int(per_node * CLUSTER_IN_FLIGHT_SHARE)))
             # as long as the single Redis's blocking pool waits for a connection
             self._wait_seconds = float(options.get("socket_timeout") or 2.0)
+        else:
+            self._pipe = RespPipe.for_client(redis)
+
+    async def aclose(self) -> None:
+        """Close the batcher's own connection, if it has one (RespPipe): the redis-py
+        client's aclose() does not know it. Left open, it closes when the loop ends."""
+        if self._pipe is not None:
+            await self._pipe.aclose()
 
     async def execute(self, *command: Any) -> Any:
         """One command's reply; a Redis error reply is raised here, for this caller only."""
@@ -82,6 +100,8 @@ class TickBatcher:
         try:
             if self._cluster is not None:
                 replies = await self._send_to_cluster(self._cluster, batch)
+            elif self._pipe is not None:
+                replies = await self._send_on_pipe(self._pipe, batch)
             else:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for commands, _ in batch:
@@ -103,6 +123,19 @@ class TickBatcher:
             if not future.done():  # done: the caller went away (cancelled)
                 future.set_result(replies[start:end])
             start = end
+
+    async def _send_on_pipe(
+        self, pipe: RespPipe, batch: list[tuple[list[Command], asyncio.Future[list[Any]]]]
+    ) -> list[Any]:
+        commands = [command for commands, _ in batch for command in commands]
+        replies = await pipe.execute(commands)
+        # what redis-py's pipeline would have made of them (str_if_bytes, TIME's ints)
+        callbacks = self._redis.response_callbacks
+        for i, command in enumerate(commands):
+            callback = callbacks.get(command[0])
+            if callback is not None and not isinstance(replies[i], Exception):
+                replies[i] = callback(replies[i])
+        return replies
 
     async def _send_to_cluster(
         self, cluster: RedisCluster, batch: list[tuple[list[Command], asyncio.Future[list[Any]]]]

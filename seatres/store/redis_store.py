@@ -246,6 +246,11 @@ class RedisStore:
         # script name -> its SCRIPT LOAD under way, shared by every caller that got NOSCRIPT
         self._loading: dict[str, asyncio.Future[Any]] = {}
 
+    async def aclose(self) -> None:
+        """Closes what the store opened itself (the batcher's connection); the Redis
+        client it was given is its owner's to close."""
+        await self._batcher.aclose()
+
     async def ping(self) -> None:
         with _unavailable_on_failure:
             if isinstance(self._redis, RedisCluster):
