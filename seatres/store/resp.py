@@ -24,8 +24,8 @@ What stays as with redis-py, so that callers cannot tell the difference:
 
 Measured against redis-py's pipeline in TickBatcher, all else equal: CPU per request of
 the ASGI app in-process against a real Redis, reserve about 102 -> 79 µs and confirm
-69 -> 58 µs (means of four runs); bench/burst.py, reserve req/s +10 % and +12 % in two
-quiet before/after pairs.
+69 -> 58 µs (means of four runs); bench/burst.py, reserve req/s +10 %, +12 % and +54 %
+in three before/after pairs (noisy: GET /healthz, which never touches Redis, moved 3-8 %).
 
 Timeouts: the connection's watchdog task sleeps until the oldest batch in flight is due
 (or for one timeout when nothing is): one timer per connection, none per command or
