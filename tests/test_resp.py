@@ -308,11 +308,11 @@ def test_a_stalled_server_times_out_every_batch_in_flight(redis_server: RedisSer
 
     results, seconds, connections = asyncio.run(run(retries=0))
     assert all(isinstance(r, RedisTimeoutError) for r in results), results
-    assert 0.25 < seconds < 1.0 and connections == 1
+    assert 0.25 < seconds < 2.5 and connections == 1  # (upper bound: it did not hang)
     # retried once, on a new connection: twice the timeout
     results, seconds, connections = asyncio.run(run(retries=1))
     assert all(isinstance(r, RedisTimeoutError) for r in results), results
-    assert 0.55 < seconds < 1.5 and connections == 2
+    assert 0.55 < seconds < 4.0 and connections == 2
 
 
 def test_a_dead_port_is_a_connection_error() -> None:
