@@ -324,16 +324,32 @@ def test_a_dead_port_is_a_connection_error() -> None:
 
 
 @pytest.mark.parametrize("retries", [0, 1])
-def test_a_batch_whose_connection_drops_after_the_write_is_sent_again(
-    redis_server: RedisServer, store: redis.Redis, retries: int
+@pytest.mark.parametrize(
+    ("fault", "commands", "answered", "error"),
+    [
+        # the connection drops after the write: the batch is sent again on a new one
+        ("drop", [("INCR", "n"), ("GET", "n")], [1, "1"], RedisConnectionError),
+        # LOADING is a ConnectionError in redis-py (BusyLoadingError): its pipeline drops
+        # the connection and retries; so does the pipe
+        ("loading", [("SET", "k", "v"), ("GET", "k")], ["OK", "v"], BusyLoadingError),
+    ],
+)
+def test_a_failed_batch_is_sent_again_on_a_new_connection(
+    redis_server: RedisServer,
+    store: redis.Redis,
+    retries: int,
+    fault: str,
+    commands: list[tuple[Any, ...]],
+    answered: list[Any],
+    error: type[Exception],
 ) -> None:
     async def run() -> tuple[Any, int]:
-        async with Relay(redis_server.port, ["drop"]) as relay:
+        async with Relay(redis_server.port, [fault]) as relay:
             pipe = pipe_for(relay.url, retries=retries)
             replies: Any
             try:
-                replies = await pipe.execute([("INCR", "n"), ("GET", "n")])
-            except RedisConnectionError as exc:
+                replies = await pipe.execute(commands)
+            except error as exc:
                 replies = exc
             finally:
                 await pipe.aclose()
@@ -341,35 +357,9 @@ def test_a_batch_whose_connection_drops_after_the_write_is_sent_again(
 
     replies, connections = asyncio.run(run())
     if retries:
-        assert replies == [1, "1"] and connections == 2
+        assert replies == answered and connections == 2
     else:
-        assert isinstance(replies, RedisConnectionError) and connections == 1
-
-
-@pytest.mark.parametrize("retries", [0, 1])
-def test_a_loading_reply_fails_the_batch_and_it_is_sent_again(
-    redis_server: RedisServer, store: redis.Redis, retries: int
-) -> None:
-    """LOADING is a ConnectionError in redis-py (BusyLoadingError): its pipeline drops
-    the connection and retries; so does the pipe."""
-
-    async def run() -> tuple[Any, int]:
-        async with Relay(redis_server.port, ["loading"]) as relay:
-            pipe = pipe_for(relay.url, retries=retries)
-            replies: Any
-            try:
-                replies = await pipe.execute([("SET", "k", "v"), ("GET", "k")])
-            except BusyLoadingError as exc:
-                replies = exc
-            finally:
-                await pipe.aclose()
-            return replies, relay.connections
-
-    replies, connections = asyncio.run(run())
-    if retries:
-        assert replies == ["OK", "v"] and connections == 2
-    else:
-        assert isinstance(replies, BusyLoadingError) and connections == 1
+        assert isinstance(replies, error) and connections == 1
 
 
 def test_reconnects_after_redis_restarted(own_redis: RedisServer) -> None:
