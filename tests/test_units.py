@@ -17,7 +17,7 @@ from seatres.clock import iso_time
 from seatres.domain.errors import NotFound, Unauthorized, ValidationFailed
 from seatres.domain.ids import check_id, event_of_reservation, new_reservation_id
 from seatres.settings import Settings, describe
-from seatres.store.packing import with_hiredis_packing
+from seatres.store.packing import HiredisPacking
 from tests.conftest import SECRET
 
 
@@ -187,7 +187,7 @@ def test_iso_time_matches_datetime() -> None:
 )
 def test_hiredis_packing_sends_what_redis_py_sends(command: tuple[object, ...]) -> None:
     plain = AsyncConnection()
-    fast = with_hiredis_packing(AsyncConnection)()
+    fast = HiredisPacking()
     assert b"".join(fast.pack_command(*command)) == b"".join(plain.pack_command(*command))
     batch = [command, ("PING",), command]
     assert b"".join(fast.pack_commands(batch)) == b"".join(plain.pack_commands(batch))
@@ -195,4 +195,4 @@ def test_hiredis_packing_sends_what_redis_py_sends(command: tuple[object, ...]) 
 
 def test_hiredis_packing_refuses_what_redis_py_refuses() -> None:
     with pytest.raises(DataError):
-        with_hiredis_packing(AsyncConnection)().pack_command("SET", "k", None)
+        HiredisPacking().pack_command("SET", "k", None)

@@ -15,7 +15,6 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry as SyncRetry
 
 from seatres.settings import Settings, is_cluster_url, parse_cluster_url
-from seatres.store.packing import with_hiredis_packing
 
 # The service's client: one Redis, or a Redis Cluster.
 AsyncClient: TypeAlias = Redis | AsyncRedisCluster
@@ -47,7 +46,6 @@ def connect(settings: Settings) -> AsyncClient:
         # Redis(connection_pool=pool, retry=...) ignores its retry argument.
         retry=_retry(settings),
     )
-    pool.connection_class = with_hiredis_packing(pool.connection_class)
     # from_pool: the client owns the pool, so aclose() closes it too.
     return Redis.from_pool(pool)
 

@@ -13,7 +13,7 @@ flight on the one connection at once and no per-reply await is needed.
 What stays as with redis-py, so that callers cannot tell the difference:
 - the address, credentials, database, TLS options and timeouts are read from a redis-py
   connection built from the same URL or pool options (`from_url`, `for_client`);
-- commands are packed as seatres.store.packing packs them;
+- commands are packed by hiredis (seatres.store.packing), byte for byte as redis-py does;
 - an error reply is an instance of the class redis-py's parser would raise
   (BaseParser.parse_error: NoScriptError, OutOfMemoryError, ReadOnlyError, ...), left
   in the list of replies; a reply of a ConnectionError class (LOADING, NOAUTH, "max
@@ -93,10 +93,8 @@ class RespTarget:
 
 
 def _plain(cls: type[AbstractConnection]) -> bool:
-    """redis-py's own TCP, TLS or unix-socket connection class, possibly with our hiredis
-    packing mixed in; not a subclass that changes how it talks (fakeredis, Sentinel)."""
-    if issubclass(cls, HiredisPacking):  # with_hiredis_packing: (HiredisPacking, base)
-        cls = cls.__bases__[-1]
+    """redis-py's own TCP, TLS or unix-socket connection class; not a subclass that
+    changes how it talks (fakeredis, Sentinel)."""
     return cls in (Connection, SSLConnection, UnixDomainSocketConnection)
 
 
