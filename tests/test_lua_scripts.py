@@ -42,7 +42,11 @@ def test_header_lists_keys_argv_and_returns(name: str) -> None:
     assert header.startswith(f"-- {name}.lua:")
     assert "-- KEYS[1" in header
     assert "-- Returns" in header
-    documented_keys = {int(n) for n in re.findall(r"^-- KEYS\[(\d+)", header, re.M)}
+    documented_keys = {
+        n
+        for first, last in re.findall(r"^-- KEYS\[(\d+)(?:\.\.(\d+))?\]", header, re.M)
+        for n in range(int(first), int(last or first) + 1)
+    }
     assert {int(n) for n in re.findall(r"KEYS\[(\d+)\]", body)} <= documented_keys
     if "event_keys()" in body:
         assert "-- KEYS[1..7] the event's keys" in header

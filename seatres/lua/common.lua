@@ -1,4 +1,5 @@
--- common.lua: helpers prepended to every script by seatres/store/scripts.py.
+-- common.lua: helpers put before every script by seatres/store/scripts.py (or at the
+-- script's `-- @common` line, after an early answer that needs none of them).
 --
 -- Every script of an event receives the event's keys in one fixed order (event_keys
 -- below; seatres/store/keys.py builds them), so they all share the event's hash slot.

@@ -32,6 +32,42 @@
 -- Holds whose time has passed are expired here (lazy expiry) before their seats are
 -- claimed, but only once every guard has passed: a refused call changes no seat and no
 -- reservation (it only remembers its answer under the idempotency key, if one came).
+--
+-- Most calls of a burst find their seat held by someone else. Without an idempotency
+-- key, that answer is worked out first, before common.lua's helpers are defined (their
+-- closures and tables cost more than the lookups): each seat's claim, its holder's
+-- deadline, and TIME only if a deadline must be compared. Any other case (a free or
+-- unknown seat, this id's own claim, a due hold) goes on to the full script below,
+-- which reads again and answers in its own order of guards.
+
+if ARGV[6] == '' then
+  local taken = {-3}
+  local now
+  for i = 8, #ARGV do
+    local holder_id = redis.call('HGET', KEYS[3], ARGV[i])
+    if not holder_id or holder_id == ARGV[1] then
+      taken = nil
+      break
+    end
+    local expires_at = redis.call('ZSCORE', KEYS[5], holder_id)
+    if expires_at then
+      if not now then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
+      if tonumber(expires_at) <= now then
+        taken = nil
+        break
+      end
+    end
+    taken[#taken + 1] = ARGV[i]
+  end
+  if taken then
+    return taken
+  end
+end
+
+-- @common
 
 local K = event_keys()
 local id, customer_id = ARGV[1], ARGV[2]

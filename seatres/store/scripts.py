@@ -1,6 +1,8 @@
 """Lua scripts shipped as package data: each is common.lua followed by the script's own
-file, loaded once per Redis and called by SHA (RedisStore loads a script again when
-Redis answers NOSCRIPT: after a restart, a SCRIPT FLUSH or a failover).
+file (common.lua goes at the script's `-- @common` line instead, when the script has an
+early answer that needs none of the helpers), loaded once per Redis and called by SHA
+(RedisStore loads a script again when Redis answers NOSCRIPT: after a restart, a SCRIPT
+FLUSH or a failover).
 
 On a Redis Cluster every primary has a script cache of its own: scripts are loaded on
 every primary (redis-py sends SCRIPT LOAD and SCRIPT EXISTS to all of them), and a node
@@ -20,6 +22,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
+COMMON_MARK = "-- @common\n"
+
 
 @dataclass(frozen=True)
 class Script:
@@ -33,7 +37,8 @@ def script(name: str) -> Script:
     package = resources.files("seatres.lua")
     common = package.joinpath("common.lua").read_text(encoding="utf-8")
     own = package.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    source = f"{common}\n{own}"
+    head, mark, body = own.partition(COMMON_MARK)
+    source = f"{head}{common}\n{body}" if mark else f"{common}\n{own}"
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 
