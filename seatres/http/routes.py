@@ -150,15 +150,16 @@ async def openapi(request: Request) -> Response:
     return _json(openapi_document(app_state(request).settings.max_seats_per_reservation))
 
 
+# Starlette tries the routes in this order, a regex match each: a burst's routes first.
 ROUTES = [
-    Route("/events/{eventId}", put_event, methods=["PUT"]),
-    Route("/events/{eventId}", get_event, methods=["GET"]),
-    Route("/events/{eventId}/seats", get_seats, methods=["GET"]),
     Route("/reservations", reserve, methods=["POST"]),
     Route("/reservations/{id}/confirm", confirm, methods=["POST"]),
     Route("/reservations/{id}/cancel", cancel, methods=["POST"]),
     Route("/reservations/{id}/extend", extend, methods=["POST"]),
     Route("/reservations/{id}", get_reservation, methods=["GET"]),
+    Route("/events/{eventId}", put_event, methods=["PUT"]),
+    Route("/events/{eventId}", get_event, methods=["GET"]),
+    Route("/events/{eventId}/seats", get_seats, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
