@@ -1179,8 +1179,8 @@ class Report:
         print(
             f"\nseatres burst: {s['workers']} workers, {s['connections']} connections, "
             f"{s['duration']} s a phase, {s['seats']} seats, {s['customers']} customers, "
-            f"wrk -t{s['threads']}, {s['redis']}, appendfsync {s['appendfsync']}, "
-            f"{s['cpus']} CPUs",
+            f"wrk -t{s['threads']}, {s['redis']} (Redis {s.get('redis_server', '?')}), "
+            f"appendfsync {s['appendfsync']}, {s['cpus']} CPUs",
             file=out,
         )
         head = (
