@@ -1000,6 +1000,57 @@ def redis_phase(bench: Bench, command: RedisCommand, seats: int, calls: int) -> 
     )
 
 
+# The two rows whose ratio is a target run in this many alternating slices (A B A B A B),
+# so that both meet the same moments of the machine: run one after the other, 10 s each,
+# their ratio ranged from 0.66 to 0.92 over 20 runs of the same script.
+RATIO_SLICES = 3
+
+
+def merge_phases(phases: list[Phase]) -> Phase:
+    """One row from the slices of a Redis row: calls and time added up, the highest
+    p50 / p99 of the slices, CPU shares weighted by each slice's time."""
+    first = phases[0]
+    requests = sum(p.requests for p in phases)
+    seconds = sum(p.seconds for p in phases)
+
+    def by_time(get: Callable[[Usage], float]) -> float:
+        return round(sum(get(p.usage) * p.seconds for p in phases) / seconds, 1)
+
+    calls = sum(p.usage.evalsha_calls for p in phases)
+    usage = Usage(
+        redis=by_time(lambda u: u.redis),
+        api=by_time(lambda u: u.api),
+        loadgen=by_time(lambda u: u.loadgen),
+        host_processes=by_time(lambda u: u.host_processes),
+        host_interrupts=by_time(lambda u: u.host_interrupts),
+        host_steal=by_time(lambda u: u.host_steal),
+        others=by_time(lambda u: u.others),
+        other_processes=sorted({name for p in phases for name in p.usage.other_processes}),
+        evalsha_calls=calls,
+        evalsha_us=round(sum(p.usage.evalsha_us * p.usage.evalsha_calls for p in phases) / calls, 2)
+        if calls
+        else 0.0,
+        redis_forks=sum(p.usage.redis_forks for p in phases),
+        waited_for_rewrite_s=round(sum(p.usage.waited_for_rewrite_s for p in phases), 1),
+    )
+    return Phase(
+        name=first.name,
+        tool=first.tool,
+        requests=requests,
+        seconds=round(seconds, 3),
+        rps=round(requests / seconds, 1),
+        p50_ms=max(p.p50_ms for p in phases),
+        p99_ms=max(p.p99_ms for p in phases),
+        ok=sum(p.ok for p in phases),
+        conflicts=sum(p.conflicts for p in phases),
+        other=sum(p.other for p in phases),
+        socket_errors=sum(p.socket_errors for p in phases),
+        statuses={},
+        usage=usage,
+        notes=[f"{len(phases)} slices, alternating with the other row of its ratio"],
+    )
+
+
 def events_on_each_redis(bench: Bench, prefix: str) -> dict[int, str]:
     """An event id per Redis (port -> event): `prefix` on one server; on a cluster,
     `prefix-N` ids whose slot is on each master."""
@@ -1075,13 +1126,15 @@ def redis_ceiling(bench: Bench, client: SyncClient, report: "Report") -> None:
             on_each(lambda e: reserve_call(e, reserve.sha), pilots),
         ),
     ]
+    sized: list[tuple[RedisCommand, int]] = []
     for command, pilot_targets in commands:
         # a short pilot run sizes the real one to about --duration seconds
         if pilot_targets is not None:
-            # The reserve pilot runs on a fresh event of its own. Run straight away, it would
-            # time a mix of mostly new holds (a 20,000-call pilot on 20,000 seats makes
-            # about 12,600 of them) and size the real run, where most calls find their seat taken,
-            # to a fraction of --duration. So a first pass takes (nearly) every seat.
+            # The reserve pilot runs on a fresh event of its own. Run straight away, it
+            # would time a mix of mostly new holds (a 20,000-call pilot on 20,000 seats
+            # makes about 12,600 of them) and size the real run, where most calls find
+            # their seat taken, to a fraction of --duration. So a first pass takes (nearly)
+            # every seat.
             redis_phase(
                 bench,
                 RedisCommand(f"{command.name} (pilot, taking the seats)", pilot_targets),
@@ -1094,9 +1147,19 @@ def redis_ceiling(bench: Bench, client: SyncClient, report: "Report") -> None:
             seats,
             20_000,
         )
-        calls = max(20_000, int(pilot.rps * seconds))
-        log(f"{command.name}: redis-benchmark -c {bench.args.connections} -n {calls}")
-        phase = redis_phase(bench, command, seats, calls)
+        sized.append((command, max(20_000, int(pilot.rps * seconds))))
+    (bare, bare_calls), *paired = sized
+    log(f"{bare.name}: redis-benchmark -c {bench.args.connections} -n {bare_calls}")
+    report.phases.append(redis_phase(bench, bare, seats, bare_calls))
+    # the target's two rows (return 1 with reserve's args, the reserve script): in slices
+    slices: list[list[Phase]] = [[] for _ in paired]
+    for n in range(RATIO_SLICES):
+        for (command, calls), done in zip(paired, slices, strict=True):
+            part = max(1, calls // RATIO_SLICES)
+            log(f"{command.name}, slice {n + 1}/{RATIO_SLICES}: redis-benchmark -n {part}")
+            done.append(redis_phase(bench, command, seats, part))
+    for (command, _), done in zip(paired, slices, strict=True):
+        phase = merge_phases(done)
         if next(iter(command.targets.values()))[1] == reserve.sha:
             check = Check("redis reserve")
             made = 0
