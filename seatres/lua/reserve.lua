@@ -41,6 +41,8 @@
 -- which reads again and answers in its own order of guards.
 
 if ARGV[6] == '' then
+  -- KEYS[3] is the claims hash, KEYS[5] the holds set (event_keys() is not defined yet);
+  -- the clock is read as common.lua's now_ms() reads it
   local taken = {-3}
   local now
   for i = 8, #ARGV do
