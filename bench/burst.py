@@ -413,17 +413,18 @@ class Bench:
     def node_client(self, port: int) -> redis.Redis:
         return redis.Redis(host=HOST, port=port, decode_responses=True, socket_timeout=60)
 
-    def reset_stats(self) -> None:
+    def each_node(self) -> Iterator[tuple[int, redis.Redis]]:
+        """A client of every Redis (each master of a cluster) in turn, closed after it."""
         for port in self.redis_ports():
             with self.node_client(port) as r:
-                r.config_resetstat()
+                yield port, r
+
+    def reset_stats(self) -> None:
+        for _, r in self.each_node():
+            r.config_resetstat()
 
     def total_forks(self) -> int:
-        total = 0
-        for port in self.redis_ports():
-            with self.node_client(port) as r:
-                total += int(r.info("stats").get("total_forks", 0))
-        return total
+        return sum(int(r.info("stats").get("total_forks", 0)) for _, r in self.each_node())
 
     def wait_for_rewrites(self, limit: float = 300) -> float:
         """Waits until no Redis is rewriting its AOF (nor has one scheduled), so that a
@@ -432,27 +433,21 @@ class Bench:
         copy-on-write faults (confirm in Redis: 27 -> 35 us a call, measured), a read
         phase does not. The seconds waited."""
         started = time.monotonic()
-        for port in self.redis_ports():
-            with self.node_client(port) as r:
-                while True:
-                    info = r.info("persistence")
-                    if not (
-                        info.get("aof_rewrite_in_progress") or info.get("aof_rewrite_scheduled")
-                    ):
-                        break
-                    if time.monotonic() - started > limit:
-                        raise BenchError(
-                            f"Redis on {port} still rewriting its AOF after {limit:.0f} s"
-                        )
-                    time.sleep(0.2)
+        for port, r in self.each_node():
+            while True:
+                info = r.info("persistence")
+                if not (info.get("aof_rewrite_in_progress") or info.get("aof_rewrite_scheduled")):
+                    break
+                if time.monotonic() - started > limit:
+                    raise BenchError(f"Redis on {port} still rewriting its AOF after {limit:.0f} s")
+                time.sleep(0.2)
         return time.monotonic() - started
 
     def evalsha_stats(self) -> tuple[int, float]:
         """EVALSHA calls and their mean time in Redis (us), over every master."""
         calls, total_us = 0, 0.0
-        for port in self.redis_ports():
-            with self.node_client(port) as r:
-                stats = r.info("commandstats").get("cmdstat_evalsha", {})
+        for _, r in self.each_node():
+            stats = r.info("commandstats").get("cmdstat_evalsha", {})
             calls += int(stats.get("calls", 0))
             total_us += float(stats.get("usec", 0))
         return calls, (total_us / calls if calls else 0.0)

@@ -39,7 +39,17 @@ T = TypeVar("T")
 
 
 def pipe_for(url: str, timeout: float = 2.0, retries: int = 0) -> RespPipe:
-    return RespPipe.from_url(url, timeout, Retry(NoBackoff(), retries))
+    """The pipe TickBatcher makes for a redis-py client of `url` (which never connects)."""
+    client = Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), retries),
+    )
+    pipe = RespPipe.for_client(client)
+    assert pipe is not None
+    return pipe
 
 
 def using(pipe: RespPipe, body: Callable[[RespPipe], Awaitable[T]]) -> T:

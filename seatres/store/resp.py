@@ -12,7 +12,7 @@ flight on the one connection at once and no per-reply await is needed.
 
 What stays as with redis-py, so that callers cannot tell the difference:
 - the address, credentials, database, TLS options and timeouts are read from a redis-py
-  connection built from the same URL or pool options (`from_url`, `for_client`);
+  connection built from the client's pool options (`for_client`);
 - commands are packed by hiredis (seatres.store.packing), byte for byte as redis-py does;
 - an error reply is an instance of the class redis-py's parser would raise
   (BaseParser.parse_error: NoScriptError, OutOfMemoryError, ReadOnlyError, ...), left
@@ -55,7 +55,6 @@ from redis.asyncio.connection import (
     Connection,
     SSLConnection,
     UnixDomainSocketConnection,
-    parse_url,
 )
 from redis.asyncio.retry import Retry
 from redis.credentials import CredentialProvider, UsernamePasswordCredentialProvider
@@ -278,23 +277,6 @@ class RespPipe:
         self._packer = HiredisPacking()
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
-
-    @classmethod
-    def from_url(cls, url: str, timeout_seconds: float, retry: Retry) -> "RespPipe":
-        """From a redis://, rediss:// or unix:// URL, read as redis-py reads it (its query
-        options win over the timeouts given here, as in redis-py's from_url)."""
-        options: dict[str, Any] = {
-            "socket_timeout": timeout_seconds,
-            "socket_connect_timeout": timeout_seconds,
-            "decode_responses": True,
-            "retry": retry,
-        }
-        options.update(parse_url(url))
-        connection_class = options.pop("connection_class", Connection)
-        target = target_of(connection_class(**options))
-        if target is None:
-            raise ValueError(f"RespPipe cannot connect as this URL asks: {url}")
-        return cls(target)
 
     @classmethod
     def for_client(cls, redis: Redis) -> "RespPipe | None":
