@@ -8,6 +8,7 @@ import base64
 import binascii
 import re
 import secrets
+from functools import lru_cache
 
 from seatres.domain.errors import NotFound, ValidationFailed
 
@@ -33,8 +34,12 @@ def check_customer_id(value: str) -> str:
 
 
 def new_reservation_id(event_id: str) -> str:
-    encoded = base64.urlsafe_b64encode(event_id.encode()).rstrip(b"=").decode()
-    return f"{encoded}.{secrets.token_urlsafe(_RANDOM_BYTES)}"
+    return f"{_encoded_event(event_id)}.{secrets.token_urlsafe(_RANDOM_BYTES)}"
+
+
+@lru_cache(maxsize=4096)
+def _encoded_event(event_id: str) -> str:
+    return base64.urlsafe_b64encode(event_id.encode()).rstrip(b"=").decode()
 
 
 def event_of_reservation(reservation_id: str) -> str:

@@ -13,12 +13,12 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from seatres.domain.errors import DomainError
-from seatres.http.render import dump_json
+from seatres.http.render import EncodedJSON, dump_json
 
 log = logging.getLogger("seatres.http")
 
 PROBLEM_TYPE_BASE = "https://seatres.dev/problems/"
-MEDIA_TYPE = "application/problem+json"
+MEDIA_TYPE = b"application/problem+json"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 # Codes for errors raised by the HTTP layer itself rather than the domain.
@@ -46,7 +46,7 @@ def problem(
         "code": code,
         **extra,
     }
-    return Response(dump_json(body), status_code=status, media_type=MEDIA_TYPE, headers=headers)
+    return EncodedJSON(dump_json(body), status, headers, MEDIA_TYPE)
 
 
 async def domain_error(request: Request, exc: Exception) -> Response:

@@ -3,6 +3,7 @@
 from typing import Any
 
 import orjson
+from starlette.responses import Response
 
 from seatres.clock import iso_time
 from seatres.domain.models import Change, EventSummary, Reservation, SeatPage
@@ -10,6 +11,27 @@ from seatres.domain.models import Change, EventSummary, Reservation, SeatPage
 
 def dump_json(body: Any) -> bytes:
     return orjson.dumps(body)
+
+
+class EncodedJSON(Response):
+    """A body already encoded, its headers built directly: Starlette's Response scans
+    and re-encodes the header dict and checks the media type's charset on every answer,
+    and every answer of a burst is one of these."""
+
+    def __init__(
+        self,
+        content: bytes,
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        media_type: bytes = b"application/json",
+    ) -> None:
+        self.status_code = status_code
+        self.body = content
+        self.background = None
+        raw = [(b"content-length", b"%d" % len(content)), (b"content-type", media_type)]
+        if headers:
+            raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        self.raw_headers = raw
 
 
 def reservation(

@@ -18,14 +18,13 @@ from seatres.http.requests import app_state, caller, idempotency, json_body, pag
 from seatres.http.schemas import EventBody, ExtendBody, ReserveBody
 from seatres.metrics import store_families
 
-JSON = "application/json"
 DEFAULT_PAGE_SIZE = 100
 # Events whose seat counts /metrics reports (by id): bounds the scrape's cost and series.
 METRICS_MAX_EVENTS = 1000
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(render.dump_json(body), status_code=status, media_type=JSON, headers=headers)
+    return render.EncodedJSON(render.dump_json(body), status, headers)
 
 
 async def put_event(request: Request) -> Response:

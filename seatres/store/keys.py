@@ -5,6 +5,7 @@ keys of a single Redis Cluster slot. The sweep index spans events and lives in i
 slot ({sweep}); no script ever touches both."""
 
 import hashlib
+from functools import lru_cache
 from typing import NamedTuple
 
 PREFIX = "seatres"
@@ -35,6 +36,8 @@ def event_tag(event_id: str) -> str:
     return f"{PREFIX}:{{evt:{event_id}}}"
 
 
+# Every transition names its event's seven keys; a burst names the same event over and over.
+@lru_cache(maxsize=4096)
 def event_keys(event_id: str) -> EventKeys:
     tag = event_tag(event_id)
     return EventKeys(
