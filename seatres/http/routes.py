@@ -6,12 +6,12 @@ from collections.abc import Awaitable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from seatres.domain.errors import DomainError, SeatUnavailable
 from seatres.domain.models import Outcome
 from seatres.domain.service import require_admin
 from seatres.http import render, ui
+from seatres.http.endpoint import route
 from seatres.http.openapi import openapi_document
 from seatres.http.problems import REPLAYED_HEADER, domain_problem, problem
 from seatres.http.requests import app_state, caller, idempotency, json_body, page_query
@@ -151,17 +151,17 @@ async def openapi(request: Request) -> Response:
 
 # Starlette tries the routes in this order, a regex match each: a burst's routes first.
 ROUTES = [
-    Route("/reservations", reserve, methods=["POST"]),
-    Route("/reservations/{id}/confirm", confirm, methods=["POST"]),
-    Route("/reservations/{id}/cancel", cancel, methods=["POST"]),
-    Route("/reservations/{id}/extend", extend, methods=["POST"]),
-    Route("/reservations/{id}", get_reservation, methods=["GET"]),
-    Route("/events/{eventId}", put_event, methods=["PUT"]),
-    Route("/events/{eventId}", get_event, methods=["GET"]),
-    Route("/events/{eventId}/seats", get_seats, methods=["GET"]),
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
-    Route("/openapi.json", openapi, methods=["GET"]),
+    route("/reservations", reserve, "POST"),
+    route("/reservations/{id}/confirm", confirm, "POST"),
+    route("/reservations/{id}/cancel", cancel, "POST"),
+    route("/reservations/{id}/extend", extend, "POST"),
+    route("/reservations/{id}", get_reservation, "GET"),
+    route("/events/{eventId}", put_event, "PUT"),
+    route("/events/{eventId}", get_event, "GET"),
+    route("/events/{eventId}/seats", get_seats, "GET"),
+    route("/healthz", healthz, "GET"),
+    route("/readyz", readyz, "GET"),
+    route("/metrics", metrics, "GET"),
+    route("/openapi.json", openapi, "GET"),
     *ui.ROUTES,
 ]

@@ -21,11 +21,11 @@ from importlib import resources
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from seatres.domain import ids
 from seatres.domain.errors import Forbidden
 from seatres.http import render
+from seatres.http.endpoint import route
 from seatres.http.requests import app_state, caller, page_query
 
 PAGE = "seat_map.html"
@@ -110,7 +110,7 @@ async def admin_seats(request: Request) -> Response:
 
 
 ROUTES = [
-    Route("/ui/events/{eventId}", seat_map_page, methods=["GET"]),
-    Route("/ui/events/{eventId}/seats", admin_seats, methods=["GET"]),
-    Route("/ui/static/{name}", asset, methods=["GET"]),
+    route("/ui/events/{eventId}", seat_map_page, "GET"),
+    route("/ui/events/{eventId}/seats", admin_seats, "GET"),
+    route("/ui/static/{name}", asset, "GET"),
 ]
