@@ -53,7 +53,9 @@ def caller(request: Request) -> Caller:
 
 
 async def json_body(request: Request, model: type[B]) -> B:
-    content_type = _header(request, b"content-type") or "application/json"
+    content_type = _header(request, b"content-type")
+    if content_type is None:  # absent is JSON; present and empty is not
+        content_type = "application/json"
     media_type = content_type.split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise HTTPException(415, "Send the body as application/json")
