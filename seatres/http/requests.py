@@ -75,9 +75,9 @@ async def json_body(request: Request, model: type[B]) -> B:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused (413) as soon as it passes `limit`. ASGI messages read here
-    rather than through request.stream(): an async generator is registered with the
-    event loop (a WeakSet insertion) and finalized for every request, which a burst's
-    profile showed among its largest single costs."""
+    rather than through request.stream(), an async generator: each one is registered
+    with the event loop (a WeakSet insertion) and finalized, for a body that nearly
+    always comes in one message."""
     chunks: list[bytes] = []
     size = 0
     while True:
