@@ -102,9 +102,8 @@ async def admin_seats(request: Request) -> Response:
     event_id = request.path_params["eventId"]
     cursor, limit = page_query(request, DEFAULT_PAGE_SIZE)
     page = await app_state(request).service.seat_page(event_id, cursor, limit)
-    return Response(
+    return render.EncodedJSON(
         render.dump_json(render.seat_page(event_id, page)),
-        media_type="application/json",
         headers={**COMMON_HEADERS, "Cache-Control": "no-store"},
     )
 
