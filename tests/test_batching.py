@@ -6,37 +6,109 @@ from typing import Any
 import pytest
 from redis.exceptions import ResponseError
 
-from seatres.store.batching import TickBatcher
+from seatres.store.batching import PIPE_BATCH, TickBatcher
 from tests.conftest import Backend
 
 
 def test_one_round_trip_for_a_tick_of_calls(backend: Backend) -> None:
+    """fakeredis and a cluster: one pipeline for the whole tick (redis-py's)."""
+    if backend.name == "real":
+        pytest.skip("a real single Redis: the RespPipe's writes, next test")
+
     async def run() -> tuple[list[Any], int]:
         redis = backend.make_async()
         batcher = TickBatcher(redis)
         round_trips = 0
-        # a real single Redis: the batcher's RespPipe; fakeredis, a cluster: redis-py's pipeline
-        pipe = batcher._pipe
-        owner: Any = pipe if pipe is not None else redis
-        name = "execute" if pipe is not None else "pipeline"
-        real = getattr(owner, name)
+        real = redis.pipeline
 
         def counting(*args: Any, **kwargs: Any) -> Any:
             nonlocal round_trips
             round_trips += 1
             return real(*args, **kwargs)
 
-        setattr(owner, name, counting)
+        redis.pipeline = counting
         try:
             replies = await asyncio.gather(*(batcher.execute("INCR", "n") for _ in range(100)))
         finally:
-            await batcher.aclose()
             await redis.aclose()
         return replies, round_trips
 
     replies, round_trips = asyncio.run(run())
     assert sorted(replies) == list(range(1, 101))
     assert round_trips == 1
+
+
+@pytest.mark.single_redis("the RespPipe serves one redis-server only")
+def test_a_tick_of_calls_leaves_in_writes_of_pipe_batch(backend: Backend) -> None:
+    """A real single Redis: the tick's commands leave in writes of PIPE_BATCH, each
+    written as soon as it is full, the rest at the end of the tick."""
+    if backend.name != "real":
+        pytest.skip("fakeredis has no RespPipe")
+
+    async def run() -> tuple[list[Any], list[tuple[int, int]]]:
+        redis = backend.make_async()
+        batcher = TickBatcher(redis)
+        pipe = batcher._pipe
+        assert pipe is not None
+        await batcher.execute("PING")  # the connection is open: later batches go at once
+        submitted = 0
+        writes: list[tuple[int, int]] = []  # (commands written, calls submitted by then)
+        real_submit, real_send_now = batcher.submit, pipe.send_now
+
+        async def counting_submit(*commands: Any) -> list[Any]:
+            nonlocal submitted
+            submitted += 1
+            return await real_submit(*commands)
+
+        def counting_send_now(commands: Any) -> Any:
+            writes.append((len(commands), submitted))
+            sent = real_send_now(commands)
+            assert sent is not None  # written now, not through a task
+            return sent
+
+        batcher.submit = counting_submit  # type: ignore[method-assign]
+        pipe.send_now = counting_send_now  # type: ignore[method-assign]
+        try:
+            replies = await asyncio.gather(*(batcher.execute("INCR", "n") for _ in range(100)))
+        finally:
+            await batcher.aclose()
+            await redis.aclose()
+        return replies, writes
+
+    replies, writes = asyncio.run(run())
+    assert sorted(replies) == list(range(1, 101))
+    full = [(PIPE_BATCH, PIPE_BATCH * (i + 1)) for i in range(100 // PIPE_BATCH)]
+    assert writes == [*full, (100 % PIPE_BATCH, 100)]
+
+
+@pytest.mark.single_redis("the RespPipe serves one redis-server only")
+def test_a_batch_written_at_once_is_sent_again_when_its_connection_is_lost(
+    backend: Backend,
+) -> None:
+    """The batch written by the tick (no task, no Retry around it) whose connection is
+    killed while Redis holds it goes again on a new connection, under the Retry policy."""
+    if backend.name != "real":
+        pytest.skip("fakeredis has no RespPipe")
+
+    async def run() -> list[Any]:
+        redis = backend.make_async()
+        batcher = TickBatcher(redis)
+        try:
+            (client_id,) = await batcher.submit(("CLIENT", "ID"))
+            # blocked in Redis until the value below comes; its connection is killed first
+            waiting = asyncio.ensure_future(batcher.execute("BLPOP", "queue", 5))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            assert await redis.execute_command("CLIENT", "KILL", "ID", client_id) == 1
+            await asyncio.sleep(0.2)  # the retry's BLPOP, on a new connection, is waiting
+            await redis.rpush("queue", "v")
+            result: list[Any] = await asyncio.wait_for(waiting, 5)
+            return result
+        finally:
+            await batcher.aclose()
+            await redis.aclose()
+
+    assert list(asyncio.run(run())) == ["queue", "v"]
 
 
 def test_large_bursts_are_split(backend: Backend) -> None:

@@ -11,9 +11,11 @@ command in it; every script is safe to run twice for one request.
 On a single Redis the pipeline is a RespPipe (seatres.store.resp): one connection of the
 worker's own with hiredis parsing, cheaper per request than redis-py's pipeline, with
 the same error classes, timeouts and Retry policy, and redis-py's response callbacks
-applied here to its replies (TIME as a pair of ints, as redis-py gives it). A client
-whose connections are not redis-py's plain ones (fakeredis in tests) keeps redis-py's
-pipeline.
+applied here to its replies (TIME as a pair of ints, as redis-py gives it). There a
+tick's commands leave in writes of PIPE_BATCH, each made the moment it is full (the
+last one at the end of the tick), so that Redis works while the worker does (see
+PIPE_BATCH). A client whose connections are not redis-py's plain ones (fakeredis in
+tests) keeps redis-py's pipeline.
 
 On a Redis Cluster the pipeline is redis-py's ClusterPipeline: it splits the batch by
 node (a command's node from its keys: EVALSHA's after numkeys), sends each node its part
@@ -25,28 +27,39 @@ sent together with a keyed read goes to that key's node, so the read and the clo
 from the same server."""
 
 import asyncio
+from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import SlotNotCoveredError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from seatres.store.resp import RespPipe
 
 MAX_BATCH = 512
+# On the worker's own connection (RespPipe) a batch is written the moment it holds this
+# many commands, not at the end of the tick: Redis starts on it while the worker is
+# still preparing the rest of the tick's requests, and its replies are back by the time
+# the worker is ready for them. Sent whole at the end of the tick, a tick's 30-odd
+# requests travelled as one convoy: the worker idle while Redis ran them, then Redis
+# idle while the worker answered them, and 20-40 % of the two cores unused during
+# confirm and cancel. Measured with bench phases alternated in one run (README,
+# Benchmarks); 2 cost reserve more writes than it saved, 16 lost most of the gain.
+PIPE_BATCH = 8
 # Share of a cluster node's connections that batches may hold at once; the rest serve
 # the calls that do not go through the batcher (script loads, /readyz, /metrics).
 CLUSTER_IN_FLIGHT_SHARE = 0.75
 
 Command = tuple[Any, ...]
+Batch = list[tuple[list[Command], "asyncio.Future[list[Any]]"]]
 
 
 class TickBatcher:
-    def __init__(self, redis: Redis | RedisCluster, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, redis: Redis | RedisCluster, max_batch: int | None = None) -> None:
         self._redis = redis
-        self._max_batch = max_batch
-        self._pending: list[tuple[list[Command], asyncio.Future[list[Any]]]] = []
+        self._pending: Batch = []
         self._pending_commands = 0
         self._sending: set[asyncio.Task[None]] = set()
         self._cluster: RedisCluster | None = None
@@ -62,6 +75,9 @@ class TickBatcher:
             self._wait_seconds = float(options.get("socket_timeout") or 2.0)
         else:
             self._pipe = RespPipe.for_client(redis)
+        if max_batch is None:
+            max_batch = PIPE_BATCH if self._pipe is not None else MAX_BATCH
+        self._max_batch = max_batch
 
     async def aclose(self) -> None:
         """Close the batcher's own connection, if it has one (RespPipe): the redis-py
@@ -91,17 +107,41 @@ class TickBatcher:
 
     def _flush(self) -> None:
         batch, self._pending, self._pending_commands = self._pending, [], 0
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._send(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+        if not batch:
+            return
+        if self._pipe is not None:
+            # written now on the open connection; a task (which connects first) otherwise
+            commands = [command for commands, _ in batch for command in commands]
+            sent = self._pipe.send_now(commands)
+            if sent is not None:
+                sent.add_done_callback(partial(self._sent, batch, commands))
+                return
+        self._start_send(batch)
 
-    async def _send(self, batch: list[tuple[list[Command], asyncio.Future[list[Any]]]]) -> None:
+    def _start_send(self, batch: Batch) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    def _sent(self, batch: Batch, commands: list[Command], sent: "asyncio.Future[Any]") -> None:
+        """A batch written by _flush has its replies, or lost its connection: then it goes
+        again through _send, whose RespPipe.execute connects anew under the Retry policy."""
+        error = None if sent.cancelled() else sent.exception()
+        if sent.cancelled() or isinstance(error, RedisConnectionError | RedisTimeoutError):
+            self._start_send(batch)
+            return
+        if error is not None:
+            _fail(batch, error)
+            return
+        _answer(batch, self._as_redis_py_would(commands, sent.result()))
+
+    async def _send(self, batch: Batch) -> None:
         try:
             if self._cluster is not None:
                 replies = await self._send_to_cluster(self._cluster, batch)
             elif self._pipe is not None:
-                replies = await self._send_on_pipe(self._pipe, batch)
+                commands = [command for commands, _ in batch for command in commands]
+                replies = self._as_redis_py_would(commands, await self._pipe.execute(commands))
             else:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for commands, _ in batch:
@@ -113,23 +153,13 @@ class TickBatcher:
                 future.cancel()
             raise
         except Exception as exc:  # the whole round trip failed: every caller hears it
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(batch, exc)
             return
-        start = 0
-        for commands, future in batch:
-            end = start + len(commands)
-            if not future.done():  # done: the caller went away (cancelled)
-                future.set_result(replies[start:end])
-            start = end
+        _answer(batch, replies)
 
-    async def _send_on_pipe(
-        self, pipe: RespPipe, batch: list[tuple[list[Command], asyncio.Future[list[Any]]]]
-    ) -> list[Any]:
-        commands = [command for commands, _ in batch for command in commands]
-        replies = await pipe.execute(commands)
-        # what redis-py's pipeline would have made of them (str_if_bytes, TIME's ints)
+    def _as_redis_py_would(self, commands: list[Command], replies: list[Any]) -> list[Any]:
+        """The RespPipe's replies as redis-py's pipeline gives them (its response
+        callbacks: str_if_bytes, TIME's ints)."""
         callbacks = self._redis.response_callbacks
         for i, command in enumerate(commands):
             callback = callbacks.get(command[0])
@@ -137,9 +167,7 @@ class TickBatcher:
                 replies[i] = callback(replies[i])
         return replies
 
-    async def _send_to_cluster(
-        self, cluster: RedisCluster, batch: list[tuple[list[Command], asyncio.Future[list[Any]]]]
-    ) -> list[Any]:
+    async def _send_to_cluster(self, cluster: RedisCluster, batch: Batch) -> list[Any]:
         assert self._in_flight is not None
         try:
             async with asyncio.timeout(self._wait_seconds):
@@ -182,3 +210,20 @@ def _node_of(cluster: RedisCluster, commands: list[Command]) -> Any:
             except SlotNotCoveredError:
                 return None
     return None
+
+
+def _answer(batch: Batch, replies: list[Any]) -> None:
+    """Each caller its own replies, in the order its commands were sent."""
+    start = 0
+    for commands, future in batch:
+        end = start + len(commands)
+        if not future.done():  # done: the caller went away (cancelled)
+            future.set_result(replies[start:end])
+        start = end
+
+
+def _fail(batch: Batch, error: BaseException) -> None:
+    """The whole round trip failed: every caller hears it."""
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(error)

@@ -213,6 +213,13 @@ class _Connection(asyncio.Protocol):
                         continue  # RESP3 push: not a reply (none is asked for here)
                     replies.append(reply)
                 waiting.popleft()
+                for reply in replies:
+                    # redis-py's parser raises these (LOADING, NOAUTH, max clients): its
+                    # pipeline drops the connection and its Retry sends the batch again
+                    if isinstance(reply, RedisConnectionError):
+                        waiting.appendleft(batch)  # fails with the others, and first
+                        self.fail(reply)
+                        return
                 if not batch.future.done():  # done: its caller was cancelled
                     batch.future.set_result(replies)
             while (reply := reader.gets()) is not _INCOMPLETE:
@@ -309,18 +316,20 @@ class RespPipe:
         if connection is not None:
             await connection.close()
 
+    def send_now(self, commands: Sequence[Command]) -> "asyncio.Future[list[Any]] | None":
+        """Writes `commands` at once on the open connection and returns the future of
+        their replies (failed with ConnectionError or TimeoutError if the connection is
+        lost first, with no retry); None when no connection is open: `execute` opens one."""
+        connection = self._connection
+        if connection is None or connection.broken is not None or not commands:
+            return None
+        return connection.send(self._packer.pack_commands(commands)[0], len(commands))
+
     async def _attempt(self, packed: bytes, count: int) -> list[Any]:
         connection = self._connection
         if connection is None or connection.broken is not None:
             connection = await self._connect()
-        replies = await connection.send(packed, count)
-        for reply in replies:
-            # redis-py's parser raises these (LOADING, NOAUTH, max clients): its pipeline
-            # drops the connection and its Retry sends the batch again on a new one
-            if isinstance(reply, RedisConnectionError):
-                connection.fail(reply)
-                raise reply
-        return replies
+        return await connection.send(packed, count)
 
     async def _after_failure(self, error: Exception) -> None:
         pass  # the connection already dropped itself if it had to
