@@ -44,9 +44,10 @@ MAX_BATCH = 512
 # still preparing the rest of the tick's requests, and its replies are back by the time
 # the worker is ready for them. Sent whole at the end of the tick, a tick's 30-odd
 # requests travelled as one convoy: the worker idle while Redis ran them, then Redis
-# idle while the worker answered them, and 20-40 % of the two cores unused during
-# confirm and cancel. Measured with bench phases alternated in one run (README,
-# Benchmarks); 2 cost reserve more writes than it saved, 16 lost most of the gain.
+# idle while the worker answered them, and 30-39 % of the two cores unused during
+# confirm and cancel (18-24 % now). Measured with bench phases alternated in one run
+# (README, Benchmarks): writes of 2 cost reserve a quarter of its rate, of 16 kept
+# little of the gain.
 PIPE_BATCH = 8
 # Share of a cluster node's connections that batches may hold at once; the rest serve
 # the calls that do not go through the batcher (script loads, /readyz, /metrics).
