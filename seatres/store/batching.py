@@ -44,7 +44,7 @@ MAX_BATCH = 512
 # still preparing the rest of the tick's requests, and its replies are back by the time
 # the worker is ready for them. Sent whole at the end of the tick, a tick's 30-odd
 # requests travelled as one convoy: the worker idle while Redis ran them, then Redis
-# idle while the worker answered them, and 30-39 % of the two cores unused during
+# idle while the worker answered them, and 28-39 % of the two cores unused during
 # confirm and cancel (18-24 % now). Measured with bench phases alternated in one run
 # (README, Benchmarks): writes of 2 cost reserve a quarter of its rate, of 16 kept
 # little of the gain.
