@@ -45,6 +45,18 @@ function tally(name, key)
   t[key] = (t[key] or 0) + 1
 end
 
+-- The first string value that follows `quoted_name` (such as '"id":"') in an answer's
+-- body, "?" if none: plain finds, where a pattern would be tried at every position.
+function member(body, quoted_name)
+  local at = body:find(quoted_name, 1, true)
+  if not at then
+    return "?"
+  end
+  local from = at + #quoted_name
+  local to = body:find('"', from, true)
+  return to and body:sub(from, to - 1) or "?"
+end
+
 -- Customer tokens, one a line; the line number (from 0) is the customer's index.
 function read_tokens()
   local auth = {}

@@ -47,20 +47,13 @@ function request()
 end
 
 local function first_seat(body)
-  -- plain finds: a pattern match is tried at every position of the body
-  local at = body:find('"seatIds":["', 1, true)
-  if not at then
-    return "?"
-  end
-  local from = at + 12
-  local to = body:find('"', from, true)
-  return to and body:sub(from, to - 1) or "?"
+  return member(body, '"seatIds":["')
 end
 
 function response(status, headers, body)
   count_status(status)
   if status == 201 then
-    local id = body:match('"id":"([^"]+)"') or "?"
+    local id = member(body, '"id":"')
     records[#records + 1] = "ok " .. first_seat(body) .. " " .. id
   elseif status == 409 then
     tally("conflict", first_seat(body))

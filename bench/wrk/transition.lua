@@ -44,18 +44,6 @@ function request()
   return items[position]
 end
 
--- The value of a string member: plain finds, as reserve.lua reads its answers (a
--- pattern is tried at every position of the body).
-local function member(body, quoted_name)
-  local at = body:find(quoted_name, 1, true)
-  if not at then
-    return "?"
-  end
-  local from = at + #quoted_name
-  local to = body:find('"', from, true)
-  return to and body:sub(from, to - 1) or "?"
-end
-
 function response(status, headers, body)
   count_status(status)
   if status == 200 then

@@ -112,7 +112,7 @@ class TickBatcher:
             return
         if self._pipe is not None:
             # written now on the open connection; a task (which connects first) otherwise
-            commands = [command for commands, _ in batch for command in commands]
+            commands = _commands(batch)
             sent = self._pipe.send_now(commands)
             if sent is not None:
                 sent.add_done_callback(partial(self._sent, batch, commands))
@@ -141,7 +141,7 @@ class TickBatcher:
             if self._cluster is not None:
                 replies = await self._send_to_cluster(self._cluster, batch)
             elif self._pipe is not None:
-                commands = [command for commands, _ in batch for command in commands]
+                commands = _commands(batch)
                 replies = self._as_redis_py_would(commands, await self._pipe.execute(commands))
             else:
                 async with self._redis.pipeline(transaction=False) as pipe:
@@ -211,6 +211,11 @@ def _node_of(cluster: RedisCluster, commands: list[Command]) -> Any:
             except SlotNotCoveredError:
                 return None
     return None
+
+
+def _commands(batch: Batch) -> list[Command]:
+    """Every caller's commands, in the order they travel."""
+    return [command for commands, _ in batch for command in commands]
 
 
 def _answer(batch: Batch, replies: list[Any]) -> None:
