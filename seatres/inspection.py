@@ -182,6 +182,8 @@ class SeatCounters:
     due_not_swept: int
     # seats claimed by an active reservation (claims hash); held + due + booked
     claimed: int
+    # seats with a claim key (seatres/lua/common.lua claim_key): claimed, hold not due
+    claim_keys: int
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,25 @@ def _seat_groups(
     return found
 
 
+def _claim_keys(r: SyncClient, event_id: str) -> tuple[int, list[str]]:
+    """How many of the event's seats have a claim key, and the seats whose claim key
+    names another reservation than the claims hash does (none, when all is well)."""
+    k = keys.event_keys(event_id)
+    present, stale = 0, list[str]()
+    start = 0
+    while True:
+        seats: Any = r.zrange(k.seats, start, start + SEAT_PAGE - 1)
+        if not seats:
+            return present, stale
+        holders: Any = r.hmget(k.claims, seats)
+        named: Any = r.mget([keys.claim_key(event_id, seat) for seat in seats])
+        for seat, holder, name in zip(seats, holders, named, strict=True):
+            present += name is not None
+            if name is not None and name != holder:
+                stale.append(seat)
+        start += SEAT_PAGE
+
+
 def _hscan(r: SyncClient, key: str) -> Iterator[tuple[str, str]]:
     cursor = 0
     while True:
@@ -321,6 +342,7 @@ def event_report(
     name, total, held, booked = summary[0], int(summary[1]), int(summary[2]), int(summary[3])
     held_stored = int(meta.get("held", 0))
     claimed = int(r.hlen(k.claims))
+    claim_keys, stale_claim_keys = _claim_keys(r, event_id)
     counters = SeatCounters(
         total=total,
         free=total - held - booked,
@@ -328,6 +350,7 @@ def event_report(
         booked=booked,
         due_not_swept=held_stored - held,
         claimed=claimed,
+        claim_keys=claim_keys,
     )
     counts = {
         SeatStatus.FREE: counters.free,
@@ -361,6 +384,11 @@ def event_report(
         problems.append(
             f"the customers hash adds up to {sum(customer_seats.values())} seats, "
             f"but {claimed} are claimed"
+        )
+    if stale_claim_keys:
+        problems.append(
+            f"{len(stale_claim_keys)} claim keys name a reservation the claims hash does not "
+            f"(seats {_ids(stale_claim_keys[:5])}): each refuses its seat to every reserve"
         )
     if holds_total and not sweep.indexed and not sweep.claimed:
         problems.append(
@@ -399,7 +427,7 @@ def render_event(e: EventReport) -> str:
     ]
     if c.due_not_swept:
         lines.append(f"  ({c.due_not_swept} of the free ones are in holds due, not yet swept)")
-    lines.append(f"  {c.claimed} claimed by an active reservation")
+    lines.append(f"  {c.claimed} claimed by an active reservation, {c.claim_keys} with a claim key")
     for g in e.seats_by_status:
         shown = len(g.seat_ids)
         more = "" if e.all_seats or shown >= g.count else f" ... ({g.count - shown} more)"
@@ -527,6 +555,7 @@ def reservation_report(r: SyncClient, reservation_id: str) -> ReservationReport:
 
     seats = list(res.seat_ids)
     holders: Any = r.hmget(k.claims, seats)
+    named: Any = r.mget([keys.claim_key(event_id, seat) for seat in seats])
     in_event = [_score(r, k.seats, seat) is not None for seat in seats]
     others = sorted({h for h in holders if h and h != reservation_id})
     other_raw: Any = r.hmget(k.reservations, others) if others else []
@@ -557,6 +586,15 @@ def reservation_report(r: SyncClient, reservation_id: str) -> ReservationReport:
         kept = [c.seat_id for c in claims if c.by_this]
         if kept:
             problems.append(f"{res.state.value}, but still claims {_ids(kept)}")
+    disagree = [
+        seat
+        for seat, holder, name in zip(seats, holders, named, strict=True)
+        if name is not None and name != holder
+    ]
+    if disagree:
+        problems.append(
+            f"claim keys name another reservation than the claims hash: {_ids(disagree)}"
+        )
     if (res.state is ReservationState.RESERVED) != in_holds:
         where = "missing from" if not in_holds else "still in"
         problems.append(f"{res.state.value}, but {where} the event's holds")
@@ -701,6 +739,7 @@ EVENT_KEY_SCHEMA: dict[str, tuple[str, str]] = {
     "log": ("stream", "every change (reservation, action, from, to, by, ...), MAXLEN ~"),
 }
 IDEMPOTENCY_SCHEMA = ("string", "the remembered answer of one Idempotency-Key (with a TTL)")
+CLAIM_KEY_SCHEMA = ("string", "id of the reservation whose claim on the seat is live")
 # The keys outside the events, one of each.
 SINGLE_KEY_SCHEMA: dict[str, tuple[str, str]] = {
     keys.SWEEP_DUE: ("zset", "eventId -> earliest time (ms) it may have a due hold"),
@@ -719,7 +758,7 @@ _TAG_START = keys.event_tag("")[: -len("}")]  # seatres:{evt:
 
 
 def _classify(key: str) -> tuple[str, str] | None:
-    """(event id, pattern name) of an event key: a field of EventKeys, or 'idem'."""
+    """(event id, pattern name) of an event key: a field of EventKeys, 'claim' or 'idem'."""
     if not key.startswith(_TAG_START):
         return None
     event_id, sep, rest = key[len(_TAG_START) :].partition("}:")
@@ -729,6 +768,8 @@ def _classify(key: str) -> tuple[str, str] | None:
         return event_id, rest
     if rest.startswith("idem:"):
         return event_id, "idem"
+    if rest.startswith("claim:"):
+        return event_id, "claim"
     return None
 
 
@@ -800,7 +841,7 @@ def keys_report(
     now = _now_ms(r, keys.SWEEP_DUE)
     found, complete = _scan(r, f"{keys.PREFIX}:*", max_keys, scan_count)
 
-    by_pattern: dict[str, list[str]] = {name: [] for name in [*EVENT_KEY_SCHEMA, "idem"]}
+    by_pattern: dict[str, list[str]] = {name: [] for name in [*EVENT_KEY_SCHEMA, "claim", "idem"]}
     events_with_keys: set[str] = set()
     with_meta: list[str] = []
     other: list[str] = []
@@ -816,11 +857,13 @@ def keys_report(
             with_meta.append(where[0])
 
     example = keys.event_keys("<eventId>")._asdict()
-    schema = {**EVENT_KEY_SCHEMA, "idem": IDEMPOTENCY_SCHEMA}
+    example["claim"] = keys.claim_key("<eventId>", "<seatId>")
+    example["idem"] = f"{keys.event_tag('<eventId>')}:idem:<hash>"
+    schema = {**EVENT_KEY_SCHEMA, "claim": CLAIM_KEY_SCHEMA, "idem": IDEMPOTENCY_SCHEMA}
     patterns = [
         _pattern(
             r,
-            example.get(name) or f"{keys.event_tag('<eventId>')}:idem:<hash>",
+            example[name],
             *schema[name],
             found_keys,
         )

@@ -25,6 +25,7 @@ from rq.job import Job
 from starlette.testclient import TestClient
 
 from seatres import inspection
+from seatres.domain.ids import new_reservation_id
 from seatres.embedded import free_port
 from seatres.embedded_cluster import LocalCluster
 from seatres.http.app import create_app
@@ -35,7 +36,13 @@ from seatres.store import keys, scripts
 from seatres.store.batching import TickBatcher
 from seatres.store.connection import connect, connect_sync
 from seatres.store.redis_store import RedisStore
-from tests.cluster import events_on_every_master, flush, port_of_event, sync_client
+from tests.cluster import (
+    events_on_every_master,
+    flush,
+    masters_by_port,
+    port_of_event,
+    sync_client,
+)
 from tests.conftest import ADMIN, ALICE, SECRET, make_settings, put_event
 from tests.processes import alive, child_pids, seatres_env, seatres_process
 
@@ -114,7 +121,11 @@ def test_every_script_call_touches_one_slot() -> None:
     """The keys RedisStore hands each script share one hash slot: an event's keys (with
     any idempotency record) with each other, the sweep index's with each other."""
     for event_id in ("gala", "e1", "x" * 64, "A-b_9"):
-        event_keys = [*keys.event_keys(event_id), keys.idempotency_key(event_id, "bob", "k")]
+        event_keys = [
+            *keys.event_keys(event_id),
+            keys.idempotency_key(event_id, "bob", "k"),
+            keys.claim_key(event_id, "A1"),  # built by the scripts themselves
+        ]
         assert len({key_slot(k.encode()) for k in event_keys}) == 1, event_id
     assert key_slot(keys.SWEEP_DUE.encode()) == key_slot(keys.SWEEP_CLAIMED.encode())
     # the stats record is a script of its own with one key
@@ -436,3 +447,63 @@ def test_a_connection_closed_under_a_request_is_503_not_500() -> None:
         asyncio.run(closed_under_us())
     with pytest.raises(AttributeError):
         asyncio.run(our_own_bug())
+
+
+def test_a_slot_being_moved_keeps_each_script_whole(cluster: LocalCluster) -> None:
+    """While an event's slot migrates, its node refuses a script any claim key it does not
+    hold. A script that would write one answers TRYAGAIN before its first write, so it
+    changes nothing; a conflict is still answered, from the claims hash if need be."""
+    event = "moving"
+    k = keys.event_keys(event)
+    slot = key_slot(k.meta.encode())
+    ids = masters_by_port(cluster)
+    from_port = port_of_event(cluster, event)
+    to_port = next(port for port in ids if port != from_port)
+    source, target = cluster.client(from_port), cluster.client(to_port)
+
+    def reserve(rid: str, customer: str, seat: str, hold_ms: int = 60_000) -> Any:
+        args = [rid, customer, hold_ms, 0, 1000, "", 60_000, seat]
+        return scripts.run_sync(source, "reserve", k, args)
+
+    def stored() -> tuple[Any, ...]:
+        return (
+            source.hgetall(k.claims),
+            source.hgetall(k.reservations),
+            source.zrange(k.holds, 0, -1, withscores=True),
+            source.hgetall(k.meta),
+            source.xlen(k.log),
+        )
+
+    try:
+        assert scripts.run_sync(source, "upsert_event", k, [event, "E", 1000, "A1", "A2"])[0] == 1
+        alice = new_reservation_id(event)
+        assert reserve(alice, "alice", "A1")[0] == 1
+        assert reserve(new_reservation_id(event), "carol", "A2", hold_ms=1)[0] == 1
+        time.sleep(0.01)  # carol's hold is due, its claim key gone
+        target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[from_port])
+        source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[to_port])
+        before = stored()
+
+        # A2 is free (carol's hold is due): its claim key is missing, so it may be on
+        # the target already; so may those of the due hold the sweep or an upsert would end
+        with pytest.raises(redis.exceptions.TryAgainError):
+            reserve(new_reservation_id(event), "bob", "A2")
+        with pytest.raises(redis.exceptions.TryAgainError):
+            scripts.run_sync(source, "expire", k, [100, 1000])
+        with pytest.raises(redis.exceptions.TryAgainError):
+            scripts.run_sync(source, "upsert_event", k, [event, "E", 1000, "A1"])
+        # A1's claim key is here: the early answer
+        assert reserve(new_reservation_id(event), "bob", "A1") == -3
+        # A1's claim key moved: the full script answers from the claims hash
+        claim = keys.claim_key(event, "A1")
+        source.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", claim)
+        assert reserve(new_reservation_id(event), "bob", "A1") == [-3, "A1"]
+        # ending alice's hold would delete that key: nothing happens
+        with pytest.raises(redis.exceptions.TryAgainError):
+            scripts.run_sync(source, "cancel", k, [alice, "alice", "0", 1000, "n1", "", 60_000])
+        assert stored() == before
+    finally:
+        for node in (source, target):
+            node.execute_command("CLUSTER SETSLOT", slot, "STABLE")
+        source.close()
+        target.close()

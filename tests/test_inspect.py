@@ -78,7 +78,7 @@ def test_event_report_matches_what_the_api_did(backend: Backend, sale: dict[str,
 
     assert report.name == "Gala night"
     assert report.seats == inspection.SeatCounters(
-        total=10, free=7, held=2, booked=1, due_not_swept=1, claimed=4
+        total=10, free=7, held=2, booked=1, due_not_swept=1, claimed=4, claim_keys=3
     )
     groups = {g.status: g for g in report.seats_by_status}
     assert (groups["free"].count, groups["free"].seat_ids) == (7, ["A3", "A4", "A5"])
@@ -147,6 +147,7 @@ def test_event_text_and_json(backend: Backend, sale: dict[str, str]) -> None:
     alice_line = next(line for line in text.splitlines() if line.startswith(f"  {sale['alice']}"))
     assert "expires in" in alice_line
     assert "seats: 10 total, 7 free, 2 held, 1 booked" in text
+    assert "4 claimed by an active reservation, 3 with a claim key" in text
     assert "problems: none" in text
 
     body = json.loads(inspection.dumps(report))
@@ -157,6 +158,7 @@ def test_event_text_and_json(backend: Backend, sale: dict[str, str]) -> None:
         "booked": 1,
         "dueNotSwept": 1,
         "claimed": 4,
+        "claimKeys": 3,
     }
     assert body["holds"][0]["due"] is True
     assert body["holds"][0]["reservationId"] == sale["carol"]
@@ -168,11 +170,15 @@ def test_event_report_shows_broken_invariants(backend: Backend, sale: dict[str, 
     backend.sync.hset(k.meta, "held", 9)
     backend.sync.hincrby(k.customers, "alice", 5)
     backend.sync.zrem(keys.SWEEP_DUE, EVENT)
+    # a claim key left on a free seat, and one naming another reservation than the hash
+    backend.sync.set(keys.claim_key(EVENT, "A3"), sale["alice"])
+    backend.sync.set(keys.claim_key(EVENT, "B1"), sale["alice"])
     problems = inspection.event_report(backend.sync, EVENT).problems
-    assert len(problems) == 3
+    assert len(problems) == 4
     assert "counters" in problems[0]
     assert "customers hash" in problems[1]
-    assert "sweep index" in problems[2]
+    assert "2 claim keys name a reservation the claims hash does not (seats A3, B1)" in problems[2]
+    assert "sweep index" in problems[3]
 
 
 def test_unknown_event_is_an_error(backend: Backend) -> None:
@@ -261,6 +267,7 @@ def test_reservation_report_shows_broken_invariants(backend: Backend, sale: dict
     problems = inspection.reservation_report(backend.sync, sale["alice"]).problems
     assert problems == [
         "RESERVED, but does not claim A1",
+        "claim keys name another reservation than the claims hash: A1",
         "RESERVED, but missing from the event's holds",
     ]
 
@@ -314,6 +321,8 @@ def test_keys_report_counts_the_schema(
     assert rows["holds"].elements == 2 + 1
     assert rows["log"].elements == 4 + 1
     assert (rows["<hash>"].keys, rows["<hash>"].elements) == (1, None)
+    # live claims: alice's A1 A2, bob's booked B1, carol's X1 (carol's due A5 has none)
+    assert (rows["<seatId>"].keys, rows["<seatId>"].type) == (4, "string")
     assert all(p.unexpected_types == [] for p in report.patterns)
     singles = {p.pattern: p for p in report.singles}
     assert (singles[keys.SWEEP_DUE].keys, singles[keys.SWEEP_DUE].elements) == (1, 2)

@@ -5,7 +5,7 @@ from importlib import resources
 
 import pytest
 
-from seatres.store import scripts
+from seatres.store import keys, scripts
 from seatres.store.redis_store import (
     CREATED,
     EVENT_NOT_FOUND,
@@ -63,20 +63,25 @@ def test_common_key_order_matches_the_key_schema() -> None:
     assert [int(i) for _, i in order] == list(range(1, len(order) + 1))
 
 
-def test_scripts_never_build_keys() -> None:
-    """Keys come in KEYS only, so Redis Cluster can route every call (no '..' on a key)."""
+def test_scripts_build_no_key_but_a_seats_claim_key() -> None:
+    """Keys come in KEYS, so Redis Cluster can route every call; the one exception, a
+    seat's claim key, is made from the meta key (KEYS[1]) and so shares its hash slot."""
+    built = set()
     for name in scripts.SCRIPT_NAMES:
         text = scripts.script(name).source
-        for call in re.findall(r"redis\.call\('(\w+)', ([^,)]+)", text):
-            command, first_arg = call
-            if command in {"TIME"}:
-                continue
-            assert ".." not in first_arg, (name, call)
+        for command, first_arg in re.findall(r"redis\.p?call\('(\w+)', ([^,)]+)", text):
+            if command != "TIME" and (".." in first_arg or "(" in first_arg):
+                built.add(first_arg)
+    assert built == {"prefix .. ARGV[i]", "claim_key(K"}
+    reserve = scripts.script("reserve").source
+    assert "local prefix = string.sub(KEYS[1], 1, -5) .. 'claim:'" in reserve
+    assert "claim_prefix = string.sub(KEYS[1], 1, -5) .. 'claim:'" in reserve
+    assert keys.event_keys("e").meta[: -len("meta")] + "claim:A1" == keys.claim_key("e", "A1")
 
 
 def test_codes_returned_by_scripts_are_all_mapped() -> None:
     returned: set[int] = set()
     for name in scripts.SCRIPT_NAMES:
         text = resources.files("seatres.lua").joinpath(f"{name}.lua").read_text()
-        returned |= {int(n) for n in re.findall(r"return \{(-?\d+)[,}]", text)}
+        returned |= {int(n) for n in re.findall(r"return \{?(-?\d+)[,}\n]", text)}
     assert returned - {0} <= CODES

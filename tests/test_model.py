@@ -90,6 +90,8 @@ class EventView:
     customers: dict[str, int]
     counters: tuple[int, int]  # held, booked
     log_length: int
+    # seat -> (the reservation its claim key names or None, PEXPIRETIME: -1 none, -2 no key)
+    claim_keys: dict[str, tuple[str | None, int]]
     summary: EventSummary | None = None
     seats: dict[str, SeatStatus] | None = None
 
@@ -107,6 +109,9 @@ def read_store(sync: SyncClient) -> tuple[dict[str, EventView], dict[str, float]
         pipe.hgetall(k.customers)
         pipe.hmget(k.meta, "held", "booked")
         pipe.xlen(k.log)
+        for seat in EVENTS[event_id]:
+            pipe.get(keys.claim_key(event_id, seat))
+            pipe.pexpiretime(keys.claim_key(event_id, seat))
     pipe.zrange(keys.SWEEP_DUE, 0, -1, withscores=True)
     pipe.zrange(keys.SWEEP_CLAIMED, 0, -1, withscores=True)
     replies = pipe.execute()
@@ -114,8 +119,11 @@ def read_store(sync: SyncClient) -> tuple[dict[str, EventView], dict[str, float]
     # cluster routes TIME nowhere in particular, and its pipelines take no EVAL).
     seconds, micros = sync.eval("return redis.call('TIME')", 1, keys.event_keys("e1").meta)
     views = {}
-    for i, event_id in enumerate(EVENTS):
-        raw, claims, holds, customers, (held, booked), log_length = replies[6 * i : 6 * i + 6]
+    at = 0
+    for event_id, seats in EVENTS.items():
+        raw, claims, holds, customers, (held, booked), log_length = replies[at : at + 6]
+        claim_keys = replies[at + 6 : at + 6 + 2 * len(seats)]
+        at += 6 + 2 * len(seats)
         views[event_id] = EventView(
             reservations={rid: decode_reservation(v) for rid, v in raw.items()},
             claims=claims,
@@ -123,6 +131,9 @@ def read_store(sync: SyncClient) -> tuple[dict[str, EventView], dict[str, float]
             customers={c: int(n) for c, n in customers.items()},
             counters=(int(held), int(booked)),
             log_length=log_length,
+            claim_keys={
+                seat: (claim_keys[2 * j], claim_keys[2 * j + 1]) for j, seat in enumerate(seats)
+            },
         )
     due, claimed = replies[-2:]
     assert claimed == [], "a sweep left events claimed"
@@ -138,20 +149,29 @@ def shift_deadlines(sync: SyncClient, delta_ms: int) -> None:
     script: each reservation's createdAt, expiresAt, updatedAt and history times (in the
     reservations hash; createdAt too, since an extension's limit counts from it), each
     hold's score in the event's holds zset, and each event's score in the sweep's index
-    (`{sweep}:due`, and `{sweep}:claimed`, empty between steps). Each is shifted where
-    it is, never recomputed from another, so a disagreement between them survives the
-    shift for the invariants to see. Remembered idempotent answers and the log stream
+    (`{sweep}:due`, and `{sweep}:claimed`, empty between steps), and the expiry of each
+    seat's claim key (which Redis deletes when it moves into the past). Each is shifted
+    where it is, never recomputed from another, so a disagreement between them survives
+    the shift for the invariants to see. Remembered idempotent answers and the log stream
     are left as they are: they are records of the past, and no script reads a time from
     them (the idempotency TTL is Redis's own, 24 h, never reached in a run)."""
     event_keys = [keys.event_keys(event_id) for event_id in EVENTS]
+    claim_keys = [keys.claim_key(event, seat) for event, seats in EVENTS.items() for seat in seats]
     read = sync.pipeline(transaction=False)
     for k in event_keys:
         read.hgetall(k.reservations)
         read.zrange(k.holds, 0, -1, withscores=True)
     read.zrange(keys.SWEEP_DUE, 0, -1, withscores=True)
     read.zrange(keys.SWEEP_CLAIMED, 0, -1, withscores=True)
+    for key in claim_keys:
+        read.pexpiretime(key)
     replies = read.execute()
+    expiries = replies[-len(claim_keys) :]
+    replies = replies[: -len(claim_keys)]
     write = sync.pipeline(transaction=False)
+    for key, expires_at in zip(claim_keys, expiries, strict=True):
+        if expires_at >= 0:  # -1: no expiry (booked), -2: no key
+            write.pexpireat(key, expires_at - delta_ms)
     for i, k in enumerate(event_keys):
         reservations, holds = replies[2 * i], replies[2 * i + 1]
         for rid, raw in reservations.items():
@@ -442,6 +462,16 @@ class ReservationMachine(RuleBasedStateMachine):
                 holds[rid] = r.expires_at_ms
         assert view.claims == claims
         assert view.holds == holds
+        # A seat's claim key names its claim's reservation while the claim is live, until
+        # the millisecond the hold is due (for good once booked); otherwise there is none.
+        for seat, key in view.claim_keys.items():
+            r = view.reservations[claims[seat]] if seat in claims else None
+            if r is not None and r.state is S.CONFIRMED:
+                assert key == (r.id, -1), seat
+            elif r is not None and r.expires_at_ms > now_ms:
+                assert key == (r.id, r.expires_at_ms - 1), seat
+            else:
+                assert key == (None, -2), seat
         # No customer has more live seats than allowed (due holds do not count).
         live: Counter[str] = Counter()
         for r in view.reservations.values():

@@ -1,7 +1,7 @@
 """reserve.lua answers most calls of a burst (seat taken) before its helpers are defined;
 the rest go through its full list of guards. Both must give the same answers, to the
-millisecond: on fakeredis, whose TIME reads a clock the test sets, each case runs
-without an Idempotency-Key (the early answer) and with one (the full script)."""
+millisecond: on fakeredis, whose TIME and key expiry read a clock the test sets, each
+case runs without an Idempotency-Key (the early answer) and with one (the full script)."""
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
@@ -10,12 +10,14 @@ from typing import TypeVar
 
 import fakeredis
 import pytest
+from fakeredis._socket import _base as fakeredis_socket
 from fakeredis.commands_mixins import server_mixin
 
 from seatres.domain.errors import DomainError, NotFound, SeatUnavailable
 from seatres.domain.ids import new_reservation_id
 from seatres.domain.models import Caller, IdempotencyKey, Outcome
 from seatres.domain.states import ReservationState, Transition
+from seatres.store import keys
 from seatres.store.redis_store import RedisStore
 
 T = TypeVar("T")
@@ -25,7 +27,7 @@ SEATS = ["A1", "A2", "A3"]
 
 
 class Clock:
-    """What fakeredis's TIME answers, in ms."""
+    """What fakeredis's TIME answers, and the time its keys expire by, in ms."""
 
     def __init__(self) -> None:
         self.ms = START_MS
@@ -38,6 +40,7 @@ class Clock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()
     monkeypatch.setattr(server_mixin, "time", SimpleNamespace(time=c.time))
+    monkeypatch.setattr(fakeredis_socket, "time", SimpleNamespace(time=c.time))
     return c
 
 
@@ -176,5 +179,57 @@ def test_a_refusal_under_an_idempotency_key_is_remembered(
         with pytest.raises(SeatUnavailable) as again:
             await _bob_asks(store, ["A1"], with_key=True)
         assert again.value.replayed and again.value.seat_ids == ["A1"]
+
+    run(scenario)
+
+
+def test_a_seats_claim_key_lives_exactly_as_long_as_its_live_claim(
+    run: Callable[..., object], clock: Clock
+) -> None:
+    """The early answer trusts the claim key alone: it must name the claim's reservation,
+    run out the millisecond its hold is due, move with an extension, stop expiring once
+    booked, and be gone with every ended claim (cancel, sweep, lazy expiry)."""
+
+    async def scenario(store: RedisStore) -> None:
+        redis = store._redis
+        await store.upsert_event("e", "E", ["A1", "A2", "A3", "A4"])
+
+        async def claim_key(seat: str) -> tuple[str | None, int]:
+            key = keys.claim_key("e", seat)
+            return await redis.get(key), await redis.pexpiretime(key)
+
+        alice = await _hold(store, "alice", ["A1", "A2"])
+        deadline = START_MS + HOLD_MS
+        assert await claim_key("A1") == (alice, deadline - 1)
+        assert await claim_key("A2") == (alice, deadline - 1)
+
+        await store.extend("e", alice, Caller("alice"), 5_000, 10 * HOLD_MS)
+        assert await claim_key("A1") == (alice, deadline + 5_000 - 1)
+        await store.transition("e", alice, Transition.CONFIRM, Caller("alice"))
+        assert await claim_key("A1") == (alice, -1)  # no expiry
+
+        bob = await _hold(store, "bob", ["A3"])
+        await store.transition("e", bob, Transition.CANCEL, Caller("bob"))
+        assert await claim_key("A3") == (None, -2)
+
+        carol = await _hold(store, "carol", ["A4"])
+        clock.ms = deadline - 1
+        assert await claim_key("A4") == (carol, deadline - 1)
+        clock.ms = deadline
+        assert await claim_key("A4") == (None, -2)  # Redis let it run out
+        # lazy expiry: the full script ends carol's hold and writes dave's claim key
+        dave = await _bob_asks(store, ["A4"], with_key=False)
+        assert await claim_key("A4") == (dave.reservation.id, clock.ms + HOLD_MS - 1)
+
+        # the sweep: nothing of erin's is left, even had Redis not reclaimed the key yet
+        clock.ms = START_MS
+        erin = await _hold(store, "erin", ["A3"])
+        await redis.persist(keys.claim_key("e", "A3"))
+        clock.ms = START_MS + HOLD_MS
+        swept = await store.expire_batch("e", 10)
+        assert swept.expired_ids == (erin,)
+        assert await claim_key("A3") == (None, -2)
+        ended, _ = await store.get_reservation("e", erin)
+        assert ended is not None and ended.state is ReservationState.EXPIRED
 
     run(scenario)

@@ -40,7 +40,7 @@ SEATS = ["A1", "A2", "A3", "A4", "B1"]
 _ID = r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}"
 KEY_SCHEMA = re.compile(
     rf"seatres:\{{evt:(?P<event>{_ID})\}}:"
-    r"(?:meta|seats|claims|reservations|holds|customers|log|idem:[0-9a-f]{32})"
+    rf"(?:meta|seats|claims|reservations|holds|customers|log|idem:[0-9a-f]{{32}}|claim:{_ID})"
     r"|seatres:\{sweep\}:(?:due|claimed|stats)"
     r"|seatres:\{index\}:events"
 )

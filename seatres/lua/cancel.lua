@@ -20,6 +20,8 @@
 --   {-4, json}      invalid transition (the reservation is CONFIRMED)
 --   {-5, json}      the hold had expired (a hold found due is marked EXPIRED first)
 --   {-8}            the idempotency key was used for a different request
+--   error TRYAGAIN  a Redis Cluster is moving the event's slot and a claim key to write
+--                   is out of reach (common.lua TRY_AGAIN): nothing changed
 --
 -- The only write before a refusal is that lazy expiry, itself a transition, and the
 -- idempotency record of the answer.

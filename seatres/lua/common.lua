@@ -3,8 +3,9 @@
 --
 -- Every script of an event receives the event's keys in one fixed order (event_keys
 -- below; seatres/store/keys.py builds them), so they all share the event's hash slot.
--- Reservations live as JSON values in the event's reservations hash: a script never
--- builds a key name, so Redis Cluster can route every call from KEYS alone.
+-- Reservations live as JSON values in the event's reservations hash. The one key name a
+-- script builds itself is a seat's claim key (claim_key below), made from the meta key's
+-- hash tag, so it shares the slot of the KEYS that route the call on a Redis Cluster.
 
 local function event_keys()
   return {
@@ -16,7 +17,62 @@ local function event_keys()
     customers = KEYS[6],     -- hash: customer id -> seats in active reservations
     log = KEYS[7],           -- stream: every state change
     idempotency = KEYS[8],   -- string: the remembered answer of one idempotency key
+    -- the meta key is "<tag>:meta"; a seat's claim key is "<tag>:claim:<seat>"
+    claim_prefix = string.sub(KEYS[1], 1, -5) .. 'claim:',
   }
+end
+
+-- A live claim is also a key of its own, `<tag>:claim:<seat>` (string: the id of the
+-- reservation; seatres/store/keys.py claim_key), which Redis deletes the moment a hold's
+-- time runs out: its expiry is expiresAt - 1, as Redis keeps a key through its expiry
+-- millisecond and a hold is due at expiresAt; a booked seat's key never expires. So a
+-- conflict is one GET, with no deadline and no clock to read (reserve.lua's early
+-- answer). The claims hash stays the record every guard reads: a missing claim key only
+-- sends a call the long way, while a claim key is never left behind its claim (every
+-- script that ends a claim deletes it).
+local function claim_key(K, seat)
+  return K.claim_prefix .. seat
+end
+
+-- On a Redis Cluster, a slot being moved to another node hands its keys over one by one,
+-- and Redis refuses a script any key not in KEYS that the node does not hold (or may no
+-- longer hold, while the slot is migrating). A script must not stop half-way for that:
+-- each one that writes claim keys checks, before its first write, that it can reach all
+-- of them (those of the seats it claims and of the holds it ends). If not, it changes
+-- nothing and answers TRYAGAIN, as Redis does for the declared keys of a slot in motion
+-- (redis-py raises TryAgainError: 503, retry later).
+local TRY_AGAIN = {err = 'TRYAGAIN a claim key of the event is being moved to another node'}
+
+local function claim_keys_moved(K, holds, seats)
+  local function moved(seat)
+    local reply = redis.pcall('EXISTS', claim_key(K, seat))
+    return type(reply) == 'table' and reply.err ~= nil
+  end
+  for _, seat in ipairs(seats) do
+    if moved(seat) then
+      return true
+    end
+  end
+  for _, r in pairs(holds) do
+    for _, seat in ipairs(r.seatIds) do
+      if moved(seat) then
+        return true
+      end
+    end
+  end
+  return false
+end
+
+-- Writes the claim keys of reservation r's seats: held until its hold's end, or for
+-- good once it is CONFIRMED (SET drops an earlier expiry).
+local function set_claim_keys(K, r)
+  for _, seat in ipairs(r.seatIds) do
+    if r.state == 'CONFIRMED' then
+      redis.call('SET', claim_key(K, seat), r.id)
+    else
+      redis.call('SET', claim_key(K, seat), r.id, 'PXAT', r.expiresAt - 1)
+    end
+  end
 end
 
 local function now_ms()
@@ -108,6 +164,7 @@ local function end_hold(K, r, state, action, by, now, log_max)
   for _, seat in ipairs(r.seatIds) do
     if redis.call('HGET', K.claims, seat) == r.id then
       redis.call('HDEL', K.claims, seat)
+      redis.call('DEL', claim_key(K, seat))
     end
   end
   redis.call('ZREM', K.holds, r.id)
@@ -127,6 +184,7 @@ end
 --   {-5, json}  the hold had expired; one found due here is marked EXPIRED first, so
 --               a retry answers the same
 --   {-4, json}  any other state: the transition is not allowed
+--   TRY_AGAIN   a claim key of the reservation's seats is out of reach (see above)
 local function check_transition(K, id, caller_id, is_admin, target, now, log_max)
   local r = load_reservation(K, id)
   if not r or not may_access(r, caller_id, is_admin) then
@@ -140,6 +198,9 @@ local function check_transition(K, id, caller_id, is_admin, target, now, log_max
   end
   if r.state ~= 'RESERVED' then
     return {-4, cjson.encode(r)}
+  end
+  if claim_keys_moved(K, {r}, {}) then
+    return TRY_AGAIN
   end
   if is_due(r, now) then
     end_hold(K, r, 'EXPIRED', 'expire', 'system', now, log_max)
@@ -158,10 +219,11 @@ end
 -- Otherwise the script runs and passes every reply it gives through `reply`, which
 -- remembers it (when a key came) and returns it. "Not found" ({-1}) is never
 -- remembered: it reveals nothing worth replaying, and remembering it would let anyone
--- create records under made-up event ids, or under someone else's reservation.
+-- create records under made-up event ids, or under someone else's reservation. Nor is
+-- an error reply (TRY_AGAIN): it says "not now", not what the request did.
 local function idempotency(K, fingerprint, nonce, ttl_ms)
   local function reply(r)
-    if fingerprint ~= '' and r[1] ~= -1 then
+    if fingerprint ~= '' and r[1] ~= -1 and not r.err then
       local kept = cjson.encode({fingerprint = fingerprint, nonce = nonce, reply = r})
       redis.call('SET', K.idempotency, kept, 'PX', ttl_ms)
     end

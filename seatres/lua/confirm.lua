@@ -1,4 +1,5 @@
--- confirm.lua: RESERVED -> CONFIRMED. The seats stay claimed, now as booked.
+-- confirm.lua: RESERVED -> CONFIRMED. The seats stay claimed, now as booked (their claim
+-- keys no longer expire).
 --
 -- KEYS[1..7] the event's keys in the order of common.lua's event_keys: meta, seats,
 --            claims, reservations, holds, customers, log
@@ -20,6 +21,8 @@
 --   {-4, json}      invalid transition (the reservation is CANCELLED)
 --   {-5, json}      the hold had expired (a hold found due is marked EXPIRED first)
 --   {-8}            the idempotency key was used for a different request
+--   error TRYAGAIN  a Redis Cluster is moving the event's slot and a claim key to write
+--                   is out of reach (common.lua TRY_AGAIN): nothing changed
 --
 -- The only write before a refusal is that lazy expiry, itself a transition, and the
 -- idempotency record of the answer.
@@ -43,5 +46,6 @@ redis.call('HINCRBY', K.meta, 'held', -#r.seatIds)
 redis.call('HINCRBY', K.meta, 'booked', #r.seatIds)
 r.state = 'CONFIRMED'
 r.updatedAt = now
+set_claim_keys(K, r)
 record(K, r, 'confirm', 'RESERVED', caller_id, now, log_max)
 return reply({1, save_reservation(K, r)})

@@ -12,6 +12,8 @@
 --   next_due  expiresAt (ms) of the earliest remaining hold, -1 when none is left
 --   id, ...   the ids this call expired (each id is expired by exactly one call:
 --             the state is re-checked here, inside Redis)
+-- or the error TRYAGAIN when a Redis Cluster is moving the event's slot and a claim key
+-- of a hold to end is out of reach (common.lua TRY_AGAIN): nothing changed
 --
 -- Entries whose reservation is no longer RESERVED (confirmed or cancelled a moment
 -- ago) are only dropped from the holds set; their state is left as it is.
@@ -21,9 +23,22 @@ local batch, log_max = tonumber(ARGV[1]), ARGV[2]
 
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', K.holds, '-inf', now, 'LIMIT', 0, batch)
+local found = {}
+for i, id in ipairs(due) do
+  found[i] = load_reservation(K, id) or false
+end
+local ending = {}
+for _, r in ipairs(found) do
+  if r and is_due(r, now) then
+    ending[#ending + 1] = r
+  end
+end
+if claim_keys_moved(K, ending, {}) then
+  return TRY_AGAIN
+end
 local expired = {}
-for _, id in ipairs(due) do
-  local r = load_reservation(K, id)
+for i, id in ipairs(due) do
+  local r = found[i]
   if r and is_due(r, now) then
     end_hold(K, r, 'EXPIRED', 'expire', 'system', now, log_max)
     expired[#expired + 1] = id

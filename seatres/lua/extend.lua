@@ -22,6 +22,8 @@
 --   {-5, json}      the hold had expired (a hold found due is marked EXPIRED first)
 --   {-7, limit, 'seconds'}  the hold would last longer than `limit` seconds in all
 --   {-8}            the idempotency key was used for a different request
+--   error TRYAGAIN  a Redis Cluster is moving the event's slot and a claim key to write
+--                   is out of reach (common.lua TRY_AGAIN): nothing changed
 
 local K = event_keys()
 local id, caller_id, is_admin, log_max = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -50,5 +52,6 @@ r.expiresAt = expires_at
 r.updatedAt = now
 r.lastExtension = nonce
 redis.call('ZADD', K.holds, expires_at, id)
+set_claim_keys(K, r)
 record(K, r, 'extend', 'RESERVED', caller_id, now, log_max)
 return reply({1, save_reservation(K, r)})

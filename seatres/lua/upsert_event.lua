@@ -12,6 +12,9 @@
 --   {1, added, removed}   the event was created
 --   {2, added, removed}   the event existed and now has exactly these seats
 --   {-3, seat, ...}       seats to remove that have an active reservation (nothing changed)
+--   error TRYAGAIN        a Redis Cluster is moving the event's slot and a claim key of a
+--                         due hold to end is out of reach (common.lua TRY_AGAIN): nothing
+--                         changed
 --
 -- Runs in one call for up to 100,000 seats: the caller makes one round trip, and Lua's
 -- unpack is fed in chunks because its stack holds a few thousand values at most.
@@ -43,6 +46,9 @@ if #taken > 0 then
 end
 
 local created = redis.call('EXISTS', K.meta) == 0 and 1 or 2
+if claim_keys_moved(K, stale, {}) then
+  return TRY_AGAIN
+end
 for _, holder in pairs(stale) do
   end_hold(K, holder, 'EXPIRED', 'expire', 'system', now, log_max)
 end

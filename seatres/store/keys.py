@@ -51,6 +51,14 @@ def event_keys(event_id: str) -> EventKeys:
     )
 
 
+def claim_key(event_id: str, seat_id: str) -> str:
+    """string: id of the reservation whose claim on the seat is live, expiring with its
+    hold (none once booked). The scripts build it themselves, from the meta key's tag
+    (seatres/lua/common.lua claim_key): they write it wherever they write the claims
+    hash, and reserve.lua's early answer reads it alone."""
+    return f"{event_tag(event_id)}:claim:{seat_id}"
+
+
 def idempotency_key(event_id: str, customer_id: str, key: str) -> str:
     """string: the remembered answer of one customer's Idempotency-Key (with a TTL).
     Hashed, so that any printable key makes a short, safe key name."""

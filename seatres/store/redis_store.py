@@ -349,6 +349,8 @@ class RedisStore:
             *seat_ids,
         ]
         result = await self._run("reserve", [*keys.event_keys(event_id), *extra_key], args)
+        if result == SEATS_TAKEN:  # reserve.lua's early answer: every seat asked is taken
+            result = [SEATS_TAKEN, *seat_ids]
         outcome = _outcome(result, "Event")
         if not outcome.replayed:  # a replay's first answer indexed the hold already
             await self._index_hold(event_id, outcome.reservation.expires_at_ms)
