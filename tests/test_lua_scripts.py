@@ -72,7 +72,8 @@ def test_scripts_build_no_key_but_a_seats_claim_key() -> None:
         for command, first_arg in re.findall(r"redis\.p?call\('(\w+)', ([^,)]+)", text):
             if command != "TIME" and (".." in first_arg or "(" in first_arg):
                 built.add(first_arg)
-    assert built == {"prefix .. ARGV[i]", "claim_key(K"}
+    # unpack(names: claim_keys_moved's list of claim_key(K, seat)
+    assert built == {"prefix .. ARGV[i]", "claim_key(K", "unpack(names"}
     reserve = scripts.script("reserve").source
     assert "local prefix = string.sub(KEYS[1], 1, -5) .. 'claim:'" in reserve
     assert "claim_prefix = string.sub(KEYS[1], 1, -5) .. 'claim:'" in reserve

@@ -43,24 +43,28 @@ end
 -- (redis-py raises TryAgainError: 503, retry later).
 local TRY_AGAIN = {err = 'TRYAGAIN a claim key of the event is being moved to another node'}
 
-local function claim_keys_moved(K, holds, seats)
-  local function moved(seat)
-    local reply = redis.pcall('EXISTS', claim_key(K, seat))
-    return type(reply) == 'table' and reply.err ~= nil
+-- Whether any of these seats' claim keys is out of this node's reach (one EXISTS of them
+-- all: an error reply, a table, when the slot is moving and one is not here).
+local function claim_keys_moved(K, seats)
+  if #seats == 0 then
+    return false
   end
-  for _, seat in ipairs(seats) do
-    if moved(seat) then
-      return true
-    end
+  local names = {}
+  for i, seat in ipairs(seats) do
+    names[i] = claim_key(K, seat)
   end
+  return type(redis.pcall('EXISTS', unpack(names))) == 'table'
+end
+
+-- The seats of these reservations, and of `seats` (for claim_keys_moved).
+local function seats_of(holds, seats)
+  local all = {unpack(seats)}
   for _, r in pairs(holds) do
     for _, seat in ipairs(r.seatIds) do
-      if moved(seat) then
-        return true
-      end
+      all[#all + 1] = seat
     end
   end
-  return false
+  return all
 end
 
 -- Writes the claim keys of reservation r's seats: held until its hold's end, or for
@@ -199,7 +203,7 @@ local function check_transition(K, id, caller_id, is_admin, target, now, log_max
   if r.state ~= 'RESERVED' then
     return {-4, cjson.encode(r)}
   end
-  if claim_keys_moved(K, {r}, {}) then
+  if claim_keys_moved(K, r.seatIds) then
     return TRY_AGAIN
   end
   if is_due(r, now) then

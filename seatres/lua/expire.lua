@@ -33,7 +33,7 @@ for _, r in ipairs(found) do
     ending[#ending + 1] = r
   end
 end
-if claim_keys_moved(K, ending, {}) then
+if claim_keys_moved(K, seats_of(ending, {})) then
   return TRY_AGAIN
 end
 local expired = {}

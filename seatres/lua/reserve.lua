@@ -147,7 +147,7 @@ if max_per_customer > 0 then
   end
 end
 
-if claim_keys_moved(K, stale, seat_ids) then
+if claim_keys_moved(K, seats_of(stale, seat_ids)) then
   return TRY_AGAIN
 end
 for _, holder in pairs(stale) do
