@@ -250,16 +250,18 @@ def test_dev_runs_api_worker_and_scheduler_against_the_cluster(
     env = seatres_env(cluster.url, queue_name=QUEUE, jobs_redis_url=jobs_url)
     log = tmp_path / "dev.log"
     with seatres_process(["dev", "--port", str(port)], env, log) as proc:
+        # the scheduler and the worker are two processes: either may register first
         deadline = time.monotonic() + 60
-        registered = False
-        while not registered:
+        registered, workers = False, set()
+        while not (registered and workers):
             assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, (
+                f"job registered: {registered}, rq workers: {workers}\n" + log.read_text()[-3000:]
+            )
             time.sleep(0.2)
             with redis.Redis.from_url(jobs_url) as jobs:
                 registered = jobs.zscore("rq:scheduler:scheduled_jobs", EXPIRE_JOB_ID) is not None
                 workers = jobs.smembers("rq:workers")
-        assert workers, "no rq worker registered in the jobs Redis"
         base = f"http://127.0.0.1:{port}"
         put = httpx.put(f"{base}/events/dev", json={"name": "D", "seats": ["A1"]}, headers=ADMIN)
         assert put.status_code == 201, put.text
