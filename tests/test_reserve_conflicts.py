@@ -233,3 +233,21 @@ def test_a_seats_claim_key_lives_exactly_as_long_as_its_live_claim(
         assert ended is not None and ended.state is ReservationState.EXPIRED
 
     run(scenario)
+
+
+def test_a_claim_without_its_key_is_still_taken(run: Callable[..., object], clock: Clock) -> None:
+    """Claims made before claim keys existed have none: the early answer cannot refuse
+    them, the full script must (from the claims hash), and a confirm gives them one."""
+
+    async def scenario(store: RedisStore) -> None:
+        redis = store._redis
+        await store.upsert_event("e", "E", SEATS)
+        alice = await _hold(store, "alice", ["A1"])
+        await redis.delete(keys.claim_key("e", "A1"))
+        with pytest.raises(SeatUnavailable) as refused:
+            await _bob_asks(store, ["A1"], with_key=False)
+        assert refused.value.seat_ids == ["A1"]
+        await store.transition("e", alice, Transition.CONFIRM, Caller("alice"))
+        assert await redis.get(keys.claim_key("e", "A1")) == alice
+
+    run(scenario)
