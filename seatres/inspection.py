@@ -284,11 +284,18 @@ def _claim_keys(r: SyncClient, event_id: str) -> tuple[int, list[str]]:
             return present, stale
         holders: Any = r.hmget(k.claims, seats)
         named: Any = r.mget([keys.claim_key(event_id, seat) for seat in seats])
-        for seat, holder, name in zip(seats, holders, named, strict=True):
-            present += name is not None
-            if name is not None and name != holder:
-                stale.append(seat)
+        present += sum(name is not None for name in named)
+        stale += _astray(seats, holders, named)
         start += SEAT_PAGE
+
+
+def _astray(seats: list[str], holders: list[str | None], named: list[str | None]) -> list[str]:
+    """The seats whose claim key names another reservation than the claims hash does."""
+    return [
+        seat
+        for seat, holder, name in zip(seats, holders, named, strict=True)
+        if name is not None and name != holder
+    ]
 
 
 def _hscan(r: SyncClient, key: str) -> Iterator[tuple[str, str]]:
@@ -586,11 +593,7 @@ def reservation_report(r: SyncClient, reservation_id: str) -> ReservationReport:
         kept = [c.seat_id for c in claims if c.by_this]
         if kept:
             problems.append(f"{res.state.value}, but still claims {_ids(kept)}")
-    disagree = [
-        seat
-        for seat, holder, name in zip(seats, holders, named, strict=True)
-        if name is not None and name != holder
-    ]
+    disagree = _astray(seats, holders, named)
     if disagree:
         problems.append(
             f"claim keys name another reservation than the claims hash: {_ids(disagree)}"

@@ -56,9 +56,9 @@ local function claim_keys_moved(K, seats)
   return type(redis.pcall('EXISTS', unpack(names))) == 'table'
 end
 
--- The seats of these reservations, and of `seats` (for claim_keys_moved).
+-- The seats of these reservations, and `seats` if given (for claim_keys_moved).
 local function seats_of(holds, seats)
-  local all = {unpack(seats)}
+  local all = {unpack(seats or {})}
   for _, r in pairs(holds) do
     for _, seat in ipairs(r.seatIds) do
       all[#all + 1] = seat

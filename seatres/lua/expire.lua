@@ -23,17 +23,17 @@ local batch, log_max = tonumber(ARGV[1]), ARGV[2]
 
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', K.holds, '-inf', now, 'LIMIT', 0, batch)
-local found = {}
+-- every reservation read before the first write: the claim keys of the holds to end
+-- must all be within reach (common.lua claim_keys_moved)
+local found, ending = {}, {}
 for i, id in ipairs(due) do
-  found[i] = load_reservation(K, id) or false
-end
-local ending = {}
-for _, r in ipairs(found) do
+  local r = load_reservation(K, id)
+  found[i] = r or false
   if r and is_due(r, now) then
     ending[#ending + 1] = r
   end
 end
-if claim_keys_moved(K, seats_of(ending, {})) then
+if claim_keys_moved(K, seats_of(ending)) then
   return TRY_AGAIN
 end
 local expired = {}

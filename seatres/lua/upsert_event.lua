@@ -46,7 +46,7 @@ if #taken > 0 then
 end
 
 local created = redis.call('EXISTS', K.meta) == 0 and 1 or 2
-if claim_keys_moved(K, seats_of(stale, {})) then
+if claim_keys_moved(K, seats_of(stale)) then
   return TRY_AGAIN
 end
 for _, holder in pairs(stale) do
