@@ -5,7 +5,9 @@ serve` sets PROMETHEUS_MULTIPROC_DIR before the workers start, each worker write
 samples there, and /metrics adds them up. Numbers that live in Redis (seat counts, the
 sweep's runs, which happen in the rq worker) are read at scrape time instead."""
 
+import asyncio
 import os
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -67,6 +69,11 @@ class Metrics:
         # hot path counts every request. The label sets are few (routes x methods x
         # statuses, transitions x results, store operations).
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # Counts not yet written to prometheus-client, by child: one write per child and
+        # loop tick (see _flush_soon).
+        self._counts: dict[Any, float] = {}
+        self._observed: dict[Any, list[float]] = {}  # per bucket, then the sum
+        self._flush_scheduled = False
 
     def _child(self, metric: Counter | Histogram, *values: str) -> Any:
         key = (id(metric), values)
@@ -76,17 +83,70 @@ class Metrics:
         return child
 
     def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self._child(self.requests, route, method, str(status)).inc()
-        self._child(self.request_seconds, route, method).observe(seconds)
+        self._add(self._child(self.requests, route, method, str(status)))
+        self._observe(self._child(self.request_seconds, route, method), seconds)
 
     def count_transition(self, transition: str, result: str) -> None:
-        self._child(self.transitions, transition, result).inc()
+        self._add(self._child(self.transitions, transition, result))
+
+    def count_seat_conflicts(self, seats: int) -> None:
+        self._add(self.seat_conflicts, seats)
+
+    def count_replay(self, transition: str) -> None:
+        self._add(self._child(self.replays, transition))
 
     def time_store_call(self, operation: str, seconds: float) -> None:
-        self._child(self.redis_seconds, operation).observe(seconds)
+        self._observe(self._child(self.redis_seconds, operation), seconds)
+
+    def _add(self, counter: Any, amount: float = 1) -> None:
+        self._counts[counter] = self._counts.get(counter, 0) + amount
+        self._flush_soon()
+
+    def _observe(self, histogram: Any, seconds: float) -> None:
+        slots = self._observed.get(histogram)
+        if slots is None:
+            slots = self._observed[histogram] = [0.0] * (len(histogram._upper_bounds) + 1)
+        # the bucket Histogram.observe picks: the first upper bound >= seconds
+        slots[bisect_left(histogram._upper_bounds, seconds)] += 1
+        slots[-1] += seconds
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """In multiprocess mode every prometheus-client increment is a locked write to
+        the worker's mmap file, and a refused reserve made 7 of them: with no metrics at
+        all it took 45.7 µs of CPU rather than 57.4 (in-process against a real Redis,
+        alternating slices). Counted here, they reach prometheus-client once per child
+        at the end of the loop tick, so a burst's tick of 30-odd requests makes a dozen
+        writes instead of 200: 50.0 µs. A scrape flushes first, and no count waits
+        longer than the tick it was made in."""
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # counted outside a loop: nothing would run the flush
+            self.flush()
+            return
+        self._flush_scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the pending counts to prometheus-client (its files, in multiprocess mode)."""
+        counts, self._counts = self._counts, {}
+        observed, self._observed = self._observed, {}
+        self._flush_scheduled = False
+        for counter, amount in counts.items():
+            counter.inc(amount)
+        for histogram, slots in observed.items():
+            # Histogram has no way to add many observations at once: its sum and bucket
+            # values are written as observe() writes them (tests/test_metrics.py compares)
+            histogram._sum.inc(slots[-1])
+            for bucket, n in zip(histogram._buckets, slots[:-1], strict=True):
+                if n:
+                    bucket.inc(n)
 
     def collecting_registry(self) -> CollectorRegistry:
         """What /metrics exposes: every worker's samples in multiprocess mode."""
+        self.flush()
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
             return self.registry
         registry = CollectorRegistry()

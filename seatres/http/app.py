@@ -67,6 +67,7 @@ def create_app(
         try:
             yield
         finally:
+            metrics.flush()
             await store.aclose()
             await redis.aclose()
 

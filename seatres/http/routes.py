@@ -62,9 +62,9 @@ async def _transition(
     except DomainError as exc:
         metrics.count_transition(transition, exc.code)
         if isinstance(exc, SeatUnavailable):
-            metrics.seat_conflicts.inc(len(exc.seat_ids))
+            metrics.count_seat_conflicts(len(exc.seat_ids))
         if exc.replayed:
-            metrics.replays.labels(transition).inc()
+            metrics.count_replay(transition)
         # Answered here, as the app's DomainError handler would: most answers of a burst
         # are 409s, and the exception unwinding through Starlette's layers to that
         # handler cost more than building the answer.
@@ -72,7 +72,7 @@ async def _transition(
     metrics.count_transition(transition, "ok")
     headers = {}
     if outcome.replayed:
-        metrics.replays.labels(transition).inc()
+        metrics.count_replay(transition)
         headers[REPLAYED_HEADER] = "true"
     if status == 201:
         headers["Location"] = f"/reservations/{outcome.reservation.id}"
