@@ -146,6 +146,7 @@ def make_settings(**overrides: object) -> Settings:
         "hold_seconds": 600,
         # not in the test process: each app's start would pay a full collection
         "gc_freeze": False,
+        "gc_threshold": 0,  # nor change the test process's collector
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

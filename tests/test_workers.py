@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 
 from seatres.embedded import RedisServer, free_port
 from seatres.http.app import create_app
+from seatres.settings import Settings
 from tests.conftest import make_settings
 from tests.processes import child_pids, seatres_env, seatres_process
 
@@ -137,3 +138,22 @@ def test_the_app_freezes_what_it_built_at_start_out_of_the_collectors_sight() ->
     off = create_app(make_settings(), redis_factory=lambda _s: fakeredis.FakeAsyncRedis())
     with TestClient(off):
         assert gc.get_freeze_count() == 0
+
+
+def test_the_app_sets_the_collectors_young_threshold_at_start() -> None:
+    before = gc.get_threshold()
+    server = fakeredis.FakeServer()
+    app = create_app(
+        make_settings(gc_threshold=12_345),
+        redis_factory=lambda _s: fakeredis.FakeAsyncRedis(server=server, decode_responses=True),
+    )
+    try:
+        with TestClient(app) as client:
+            assert gc.get_threshold() == (12_345, *before[1:])
+            assert client.get("/healthz").status_code == 200
+    finally:
+        gc.set_threshold(*before)
+    kept = create_app(make_settings(), redis_factory=lambda _s: fakeredis.FakeAsyncRedis())
+    with TestClient(kept):
+        assert gc.get_threshold() == before
+    assert Settings.model_fields["gc_threshold"].default == 10_000

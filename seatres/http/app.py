@@ -62,6 +62,8 @@ def create_app(
             await scripts.load_all(redis)
         except Exception as exc:  # Redis may come up later; /readyz tells.
             log.warning("could not load scripts at start: %s", exc)
+        if settings.gc_threshold:
+            gc.set_threshold(settings.gc_threshold, *gc.get_threshold()[1:])
         if settings.gc_freeze:
             _freeze_startup_objects()
         try:
