@@ -15,13 +15,19 @@ import orjson
 import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
-from rq import Queue
+from rq import Queue, Worker
 from rq.job import Job
 from rq.registry import FinishedJobRegistry
 from rq.results import Result
 
 from seatres.embedded import RedisServer
-from seatres.jobs.runner import EXPIRE_CRON, EXPIRE_JOB_ID, ExpiryScheduler, register_cron
+from seatres.jobs.runner import (
+    EXPIRE_CRON,
+    EXPIRE_JOB_ID,
+    ExpiryScheduler,
+    ExpiryWorker,
+    register_cron,
+)
 from seatres.store import keys
 from seatres.store.redis_store import RedisStore
 from tests.conftest import ADMIN, ALICE
@@ -241,3 +247,32 @@ def test_job_enqueued_twice_and_run_by_two_workers_expires_each_hold_once(
         expired = _expire_log(store, event_id)
         assert len(expired) == per_event and set(expired.values()) == {1}
     assert store.zcard(keys.SWEEP_DUE) == 0 and store.zcard(keys.SWEEP_CLAIMED) == 0
+
+
+@pytest.mark.parametrize(
+    "worker_class",
+    [
+        ExpiryWorker,
+        pytest.param(Worker, marks=pytest.mark.xfail(strict=True, reason="rq's 60 s wait")),
+    ],
+)
+def test_a_worker_stops_listening_for_commands_at_once(
+    jobs: redis.Redis, worker_class: type[Worker]
+) -> None:
+    """The teardown of a worker (after --burst, on SIGTERM) ends its command-channel
+    thread, and redis-py waits for the thread: one that had already read the UNSUBSCRIBE
+    reply and gone back to waiting for a message held the worker for that whole wait
+    (rq's own Worker: 60 s). Here that order is forced: UNSUBSCRIBE, a pause for the
+    thread to read its reply, then the stop."""
+    worker = worker_class([Queue(QUEUE, connection=jobs)], connection=jobs)
+    worker.subscribe()
+    thread = worker.pubsub_thread
+    assert thread is not None
+    try:
+        worker.pubsub.unsubscribe()
+        time.sleep(0.5)
+        thread.stop(timeout=10)
+        assert not thread.is_alive()
+    finally:
+        thread.stop(timeout=0)
+        worker.pubsub.close()

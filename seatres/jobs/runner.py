@@ -30,6 +30,8 @@ EXPIRE_CRON = "* * * * *"
 JOB_TIMEOUT_SECONDS = int(MAX_SWEEP_SECONDS) * 4
 RESULT_TTL_SECONDS = 86_400
 FAILURE_TTL_SECONDS = 7 * 86_400
+# How long the worker's command-channel thread waits for a message at a time (rq: 60 s).
+PUBSUB_WAIT_SECONDS = 1.0
 
 
 @contextmanager
@@ -89,11 +91,30 @@ class ExpiryScheduler(Scheduler):  # type: ignore[misc]  # rq-scheduler has no t
             return super().enqueue_jobs()
 
 
+class ExpiryWorker(Worker):
+    """rq's Worker, whose command channel (rq's "stop this job", "shut down") is read in
+    a thread that waits PUBSUB_WAIT_SECONDS for a message at a time rather than 60.
+    redis-py 8.2's PubSubWorkerThread.stop() waits for that thread to end, and when the
+    thread had read the UNSUBSCRIBE reply of the worker's teardown before stop() told it
+    to end, it went back to a 60-second wait: a worker took up to a minute to exit after
+    a --burst run or a SIGTERM (seen as a 60 s timeout in tests/test_jobs_integration.py)."""
+
+    def subscribe(self) -> None:
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # rq: None
+            sleep_time=PUBSUB_WAIT_SECONDS,
+            daemon=True,
+            exception_handler=self._pubsub_exception_handler,
+        )
+
+
 def run_worker(settings: Settings, burst: bool = False) -> None:
     logs.configure(settings.log_level)
     connection = jobs_redis(settings)
     queue = Queue(settings.queue_name, connection=connection)
-    worker = Worker([queue], connection=connection, default_result_ttl=RESULT_TTL_SECONDS)
+    worker = ExpiryWorker([queue], connection=connection, default_result_ttl=RESULT_TTL_SECONDS)
     log.info("rq worker on queue %s", settings.queue_name)
     worker.work(burst=burst, logging_level=settings.log_level.upper())
 
