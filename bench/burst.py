@@ -308,9 +308,20 @@ def connections_of(pid: int, inodes: set[str]) -> int:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        workdir: Path,
+        code: Path | None = None,
+        redis_server: RedisServer | None = None,
+    ) -> None:
+        """`code`: a checkout whose seatres the server runs (bench/ab.py; default the one
+        this bench imports); `redis_server`: a running one to use (and leave running)
+        rather than a Redis of its own."""
         self.args = args
         self.workdir = workdir
+        self.code = code
+        self.shared_redis = redis_server
         self.redis_server: RedisServer | None = None
         self.api: subprocess.Popen[bytes] | None = None
         self.running: set[subprocess.Popen[bytes]] = set()
@@ -339,6 +350,8 @@ class Bench:
             ).start()
             self.redis_url = self.cluster.url
             log(f"3-master Redis Cluster of {redis_server_binary()} on {self.redis_url}")
+        elif self.shared_redis is not None:
+            self.redis_server = self.shared_redis
         else:
             self.redis_server = RedisServer(
                 self.workdir / "redis", appendfsync=self.args.appendfsync
@@ -356,12 +369,15 @@ class Bench:
             "SEATRES_MAX_HOLD_SECONDS": str(HOLD_SECONDS),
             "SEATRES_LOG_LEVEL": "warning",
         }
+        if self.code is not None:  # (python -m also puts the working folder first)
+            env["PYTHONPATH"] = str(self.code)
         cmd = [sys.executable, "-m", "seatres.cli", "serve", "--host", HOST, "--port", str(port)]
         cmd += ["--workers", str(self.args.workers)]
         with (self.workdir / "serve.log").open("wb") as out:
             self.api = subprocess.Popen(
                 cmd,
                 env=env,
+                cwd=self.code,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -390,9 +406,9 @@ class Bench:
         if self.client is not None:
             self.client.close()
             self.client = None
-        if self.redis_server is not None:
+        if self.redis_server is not None and self.redis_server is not self.shared_redis:
             self.redis_server.stop()
-            self.redis_server = None
+        self.redis_server = None
         if self.cluster is not None:
             self.cluster.stop()
             self.cluster = None
