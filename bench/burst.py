@@ -350,12 +350,11 @@ class Bench:
             ).start()
             self.redis_url = self.cluster.url
             log(f"3-master Redis Cluster of {redis_server_binary()} on {self.redis_url}")
-        elif self.shared_redis is not None:
-            self.redis_server = self.shared_redis
         else:
-            self.redis_server = RedisServer(
-                self.workdir / "redis", appendfsync=self.args.appendfsync
-            ).start()
+            self.redis_server = (
+                self.shared_redis
+                or RedisServer(self.workdir / "redis", appendfsync=self.args.appendfsync).start()
+            )
             self.redis_url = self.redis_server.url
             log(f"redis-server {redis_server_binary()} on {self.redis_url}")
         self.client = connect_sync(self.redis_url, 60)
