@@ -28,6 +28,8 @@ from pathlib import Path
 
 import burst
 
+ROOT = Path(__file__).resolve().parent.parent  # this tree, whose seatres B runs
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         a.start()
         benches["A"] = a
         b = burst.Bench(
-            bench_args, Path(tempfile.mkdtemp(prefix="seatres-ab-b-")), None, a.redis_server
+            bench_args, Path(tempfile.mkdtemp(prefix="seatres-ab-b-")), ROOT, a.redis_server
         )
         b.start()
         benches["B"] = b
