@@ -61,6 +61,10 @@ def run_phase(bench: burst.Bench, name: str, script: str, env: dict[str, str]) -
     return rate, per_request(usage.api), per_request(usage.redis), per_request(usage.loadgen)
 
 
+def median(rows: list[Row], column: int) -> float:
+    return statistics.median(row[column] for row in rows)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     options = {"duration": args.duration, "workers": args.workers, "connections": args.connections}
@@ -103,10 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, label in (("A", f"A ({args.old})"), ("B", "B (this tree)")):
         hz, bu = rows[(name, "healthz")], rows[(name, "burst")]
         ratios = [b_[0] / h[0] for h, b_ in zip(hz, bu, strict=True)]
-
-        def median(of: list[Row], i: int) -> float:
-            return statistics.median(row[i] for row in of)
-
         print(
             f"{label}: medians: healthz {median(hz, 0):,.0f} req/s (API {median(hz, 1):.1f} µs); "
             f"burst {median(bu, 0):,.0f} req/s (API {median(bu, 1):.1f}, Redis "

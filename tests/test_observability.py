@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from seatres.embedded import RedisServer
+from seatres.http.state import STATE_KEY
 from seatres.logs import JsonFormatter
 from seatres.store.redis_store import RedisStore
 from tests.conftest import ADMIN, ALICE, BOB, Backend, put_event
@@ -140,7 +141,7 @@ def test_readyz_fails_when_the_last_sweep_is_too_old(client: TestClient, backend
 
 def test_readyz_without_any_sweep_fails_only_after_the_max_age(client: TestClient) -> None:
     assert client.get("/readyz").status_code == 200  # just started
-    state = client.app_state["seatres"]
+    state = client.app_state[STATE_KEY]
     object.__setattr__(state, "started_at", time.monotonic() - 181)
     assert client.get("/readyz").json()["code"] == "sweep_stale"
 
