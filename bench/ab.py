@@ -41,6 +41,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seats", type=int, default=20_000, help="seats of each burst's event")
     p.add_argument("--workers", type=int, default=2, help="seatres serve workers (2)")
     p.add_argument("--connections", type=int, default=64, help="open connections (64)")
+    p.add_argument(
+        "--redis-transport", choices=("unix", "tcp"), default="unix", help="as bench/burst.py's"
+    )
     args = p.parse_args(argv)
     if not (args.old / "seatres" / "__init__.py").is_file():
         p.error(f"--old {args.old}: no seatres package there")
@@ -67,7 +70,12 @@ def median(rows: list[Row], column: int) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    options = {"duration": args.duration, "workers": args.workers, "connections": args.connections}
+    options = {
+        "duration": args.duration,
+        "workers": args.workers,
+        "connections": args.connections,
+        "redis-transport": args.redis_transport,
+    }
     bench_args = burst.parse_args([f"--{k}={v}" for k, v in options.items()])
     benches: dict[str, burst.Bench] = {}
     rows: dict[tuple[str, str], list[Row]] = {}

@@ -351,11 +351,16 @@ class Bench:
             self.redis_url = self.cluster.url
             log(f"3-master Redis Cluster of {redis_server_binary()} on {self.redis_url}")
         else:
+            unix = self.args.redis_transport == "unix"
             self.redis_server = (
                 self.shared_redis
-                or RedisServer(self.workdir / "redis", appendfsync=self.args.appendfsync).start()
+                or RedisServer(
+                    self.workdir / "redis", appendfsync=self.args.appendfsync, unix_socket=unix
+                ).start()
             )
-            self.redis_url = self.redis_server.url
+            self.redis_url = self.redis_server.local_url if unix else self.redis_server.url
+            if unix and self.redis_url == self.redis_server.url:
+                raise BenchError(f"no unix socket for Redis in {self.workdir}: path too long")
             log(f"redis-server {redis_server_binary()} on {self.redis_url}")
         self.client = connect_sync(self.redis_url, 60)
         self.port = port = free_port()
@@ -1268,7 +1273,8 @@ class Report:
         print(
             f"\nseatres burst: {s['workers']} workers, {s['connections']} connections, "
             f"{s['duration']} s a phase, {s['seats']} seats, {s['customers']} customers, "
-            f"wrk -t{s['threads']}, {s['redis']} (Redis {s.get('redis_server', '?')}), "
+            f"wrk -t{s['threads']}, {s['redis']} (Redis {s.get('redis_server', '?')} "
+            f"via {s['redis_transport']}), "
             f"appendfsync {s['appendfsync']}, {s['cpus']} CPUs",
             file=out,
         )
@@ -1435,8 +1441,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="a local 3-master Redis Cluster instead of one redis-server",
     )
+    p.add_argument(
+        "--redis-transport",
+        choices=("unix", "tcp"),
+        help="how seatres reaches the one redis-server: its unix socket (the default, as "
+        "the embedded Redis of seatres serve / dev) or TCP on 127.0.0.1; a cluster is "
+        "always TCP. The redis-benchmark rows use TCP either way",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, wrk output)")
     args = p.parse_args(argv)
+    if args.cluster and args.redis_transport == "unix":
+        p.error("--cluster: the cluster's nodes are reached over TCP")
+    args.redis_transport = args.redis_transport or ("tcp" if args.cluster else "unix")
     for name, low, high in (
         ("workers", 1, 64),
         ("connections", 1, 10_000),
@@ -1470,6 +1486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "threads": args.threads,
             "appendfsync": args.appendfsync,
             "redis": "3-master cluster" if args.cluster else "one redis-server",
+            "redis_transport": args.redis_transport,
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
         }

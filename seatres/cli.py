@@ -32,14 +32,22 @@ def _redis_for(settings: Settings) -> Iterator[Settings]:
     if settings.redis_url is not None:
         yield settings
         return
-    server = RedisServer(settings.data_dir / "redis", port=settings.embedded_redis_port)
+    server = RedisServer(
+        settings.data_dir / "redis",
+        port=settings.embedded_redis_port,
+        unix_socket=settings.embedded_redis_unix_socket,
+    )
     try:
         server.start()
     except EmbeddedRedisError as exc:
         sys.exit(f"seatres: {exc}")
-    os.environ["SEATRES_REDIS_URL"] = server.url
+    os.environ["SEATRES_REDIS_URL"] = server.local_url
     os.environ["SEATRES_JWT_SECRET"] = local_secret(settings.data_dir)
-    print(f"seatres: embedded Redis at {server.url} (data in {server.data_dir})", flush=True)
+    also = "" if server.local_url == server.url else f", and {server.url}"
+    print(
+        f"seatres: embedded Redis at {server.local_url}{also} (data in {server.data_dir})",
+        flush=True,
+    )
     try:
         yield _settings()
     finally:

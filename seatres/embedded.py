@@ -95,8 +95,14 @@ def free_port() -> int:
         return port
 
 
+# A unix socket's path must fit the kernel's sun_path (108 bytes with its final NUL).
+MAX_SOCKET_PATH = 107
+
+
 class RedisServer:
-    """redis-server on 127.0.0.1 with an append-only file fsynced on every write."""
+    """redis-server on 127.0.0.1 with an append-only file fsynced on every write, and with
+    `unix_socket` also on a unix socket in its data folder (owner only), when that path
+    fits: the same machine's clients reach it with less CPU than through TCP."""
 
     def __init__(
         self,
@@ -104,11 +110,15 @@ class RedisServer:
         port: int = 0,
         appendfsync: str = "always",
         extra_args: tuple[str, ...] = (),
+        unix_socket: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.appendfsync = appendfsync
         self.extra_args = extra_args
+        socket_path = data_dir.resolve() / "redis.sock"
+        fits = len(os.fsencode(socket_path)) <= MAX_SOCKET_PATH
+        self.socket_path = socket_path if unix_socket and fits else None
         self.process: subprocess.Popen[bytes] | None = None
         self._lock_file: IO[bytes] | None = None
 
@@ -129,6 +139,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def local_url(self) -> str:
+        """The cheaper way in for a client on this machine: the unix socket if any."""
+        return self.url if self.socket_path is None else f"unix://{self.socket_path}?db=0"
+
     def start(self, timeout: float = 10.0) -> "RedisServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         binary = redis_server_binary()
@@ -146,6 +161,8 @@ class RedisServer:
             "--logfile", str((self.data_dir / "redis.log").resolve()),
             *self.extra_args,
         ]  # fmt: skip
+        if self.socket_path is not None:
+            args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
