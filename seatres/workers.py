@@ -34,12 +34,13 @@ class WorkerSpec:
     uvicorn_options: dict[str, Any]  # uvicorn.Config keyword arguments (picklable)
 
 
-def _bound_reuse_port_socket(host: str, port: int) -> socket.socket:
+def _bound_socket(host: str, port: int, reuse_port: bool = True) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -48,7 +49,7 @@ def _bound_reuse_port_socket(host: str, port: int) -> socket.socket:
 
 
 def reuse_port_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    sock = _bound_reuse_port_socket(host, port)
+    sock = _bound_socket(host, port)
     sock.listen(backlog)
     return sock
 
@@ -69,10 +70,12 @@ def _worker_main(spec: WorkerSpec) -> None:
 
 
 def check_port(host: str, port: int) -> None:
-    """Fails now, in the supervisor, when the port is taken by anything but our own
-    workers (a reuse-port bind succeeds only alongside sockets that also set it). The
-    probe never listens, so no connection is ever queued on it."""
-    _bound_reuse_port_socket(host, port).close()
+    """Fails now, in the supervisor, when anything listens on the port, another
+    `seatres serve` included: the probe does not set SO_REUSEPORT, so it cannot share the
+    port with that server's workers, as theirs would (the kernel would then split the
+    connections between two servers without a word). It never listens, so no connection
+    is ever queued on it, and it is closed before the workers bind."""
+    _bound_socket(host, port, reuse_port=False).close()
 
 
 def run(spec: WorkerSpec, workers: int) -> None:

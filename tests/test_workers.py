@@ -19,7 +19,7 @@ from seatres.embedded import RedisServer, free_port
 from seatres.http.app import create_app
 from seatres.settings import Settings
 from tests.conftest import make_settings
-from tests.processes import child_pids, seatres_env, seatres_process
+from tests.processes import api_server, child_pids, seatres_env, seatres_process
 
 CONNECTIONS = 40
 
@@ -120,6 +120,21 @@ def test_a_taken_port_is_refused_at_once(redis_server: RedisServer, tmp_path: Pa
         with seatres_process(args, env, tmp_path / "serve.log") as proc:
             assert proc.wait(timeout=30) != 0
     assert "Address already in use" in (tmp_path / "serve.log").read_text()
+
+
+def test_a_port_another_seatres_serves_is_refused_at_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Its workers listen with SO_REUSEPORT, as the second server's would: without the
+    check, both would run and the kernel would split the connections between them."""
+    with api_server(redis_server.url, tmp_path / "first.log", workers=2) as base:
+        port = base.rsplit(":", 1)[1]
+        args = ["serve", "--port", port, "--workers", "2"]
+        second_log = tmp_path / "second.log"
+        with seatres_process(args, seatres_env(redis_server.url), second_log) as second:
+            assert second.wait(timeout=30) != 0
+        assert "Address already in use" in second_log.read_text()
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
 
 
 def test_the_app_freezes_what_it_built_at_start_out_of_the_collectors_sight() -> None:
