@@ -1,0 +1,164 @@
+"""The HTTP protocol of `seatres serve`: uvicorn's httptools protocol writing a response's
+head and body in one write, run here on a transport that records its writes."""
+
+import asyncio
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from uvicorn.server import ServerState
+
+from seatres.embedded import RedisServer
+from seatres.http.protocol import HttpProtocol, PairedWritesTransport
+from tests.processes import api_server
+
+
+class RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "written after close"
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _serve_one(app: Any, transport: RecordingTransport) -> None:
+    """Feeds one GET to a fresh HttpProtocol on `transport`; returns once it answered."""
+    config = uvicorn.Config(app=app, http=HttpProtocol, lifespan="off", log_level="warning")
+    config.load()
+    protocol = HttpProtocol(config=config, server_state=ServerState(), app_state={})
+    protocol.connection_made(transport)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert protocol.cycle is not None
+    for _ in range(100):
+        if protocol.cycle.response_complete:
+            break
+        await asyncio.sleep(0)
+    assert protocol.cycle.response_complete
+    await asyncio.sleep(0)  # a lone write's flush
+
+
+async def _a_response_goes_out_in_one_write_as_soon_as_its_body_is_sent() -> None:
+    transport = RecordingTransport()
+    writes_after_body: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"5")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"hello"})
+        writes_after_body.append(len(transport.writes))
+
+    await _serve_one(app, transport)
+    assert writes_after_body == [1]  # written within the body's send: no added latency
+    assert len(transport.writes) == 1
+    head, _, body = transport.writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert body == b"hello"
+
+
+async def _a_write_nothing_follows_goes_out_at_the_end_of_the_loop_iteration() -> None:
+    transport = RecordingTransport()
+    paired = PairedWritesTransport(transport, asyncio.get_running_loop())
+    paired.write(b"a")
+    assert transport.writes == []
+    await asyncio.sleep(0)
+    assert transport.writes == [b"a"]
+    paired.write(b"b")
+    paired.write(b"c")
+    paired.write(b"d")
+    assert transport.writes == [b"a", b"bc"]
+    await asyncio.sleep(0)
+    assert transport.writes == [b"a", b"bc", b"d"]
+
+
+async def _close_writes_what_is_held_first_and_nothing_goes_to_a_closed_transport() -> None:
+    transport = RecordingTransport()
+    paired = PairedWritesTransport(transport, asyncio.get_running_loop())
+    paired.write(b"last words")
+    paired.close()
+    assert transport.writes == [b"last words"] and transport.closed
+    await asyncio.sleep(0)  # the scheduled flush finds nothing to write
+    assert transport.writes == [b"last words"]
+    paired.write(b"late")  # held, then dropped: the transport is closing
+    await asyncio.sleep(0)
+    assert transport.writes == [b"last words"]
+
+
+async def _a_streamed_body_keeps_its_order() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"one,", "more_body": True})
+        await asyncio.sleep(0)
+        await send({"type": "http.response.body", "body": b"two,", "more_body": True})
+        await send({"type": "http.response.body", "body": b"three"})
+
+    transport = RecordingTransport()
+    await _serve_one(app, transport)
+    data = b"".join(transport.writes)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"transfer-encoding: chunked" in data
+    body = data.partition(b"\r\n\r\n")[2]
+    assert body == b"4\r\none,\r\n4\r\ntwo,\r\n5\r\nthree\r\n0\r\n\r\n"
+
+
+def _data_segments_received(conn: socket.socket) -> int:
+    """tcp_info's tcpi_data_segs_in (Linux 4.6+): segments that carried data."""
+    info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    assert len(info) >= 156, "no tcpi_data_segs_in in this kernel's tcp_info"
+    return int(struct.unpack_from("I", info, 152)[0])
+
+
+def test_serve_answers_in_one_tcp_segment(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Through `seatres serve`, over a real connection: one data segment per answer,
+    three answers on one keep-alive connection."""
+    with api_server(redis_server.url, tmp_path / "api.log") as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            for n in range(1, 4):
+                conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = b""
+                while not answer.endswith(b'{"status":"ok"}'):
+                    chunk = conn.recv(65536)
+                    assert chunk, answer
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+                time.sleep(0.05)  # a second segment of the answer, if any, has come
+                assert _data_segments_received(conn) == n
+
+
+def test_a_response_goes_out_in_one_write_as_soon_as_its_body_is_sent() -> None:
+    asyncio.run(_a_response_goes_out_in_one_write_as_soon_as_its_body_is_sent())
+
+
+def test_a_write_nothing_follows_goes_out_at_the_end_of_the_loop_iteration() -> None:
+    asyncio.run(_a_write_nothing_follows_goes_out_at_the_end_of_the_loop_iteration())
+
+
+def test_close_writes_what_is_held_first_and_nothing_goes_to_a_closed_transport() -> None:
+    asyncio.run(_close_writes_what_is_held_first_and_nothing_goes_to_a_closed_transport())
+
+
+def test_a_streamed_body_keeps_its_order() -> None:
+    asyncio.run(_a_streamed_body_keeps_its_order())
