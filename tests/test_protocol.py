@@ -1,5 +1,6 @@
-"""The HTTP protocol of `seatres serve`: uvicorn's httptools protocol writing a response's
-head and body in one write, run here on a transport that records its writes."""
+"""The HTTP protocol of `seatres serve`: uvicorn's httptools protocol writing what a loop
+iteration answers on a connection in one write, run here on a transport that records
+its writes, and through `seatres serve`."""
 
 import asyncio
 import socket
@@ -12,7 +13,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from seatres.embedded import RedisServer
-from seatres.http.protocol import HttpProtocol, PairedWritesTransport
+from seatres.http.protocol import DeferredWritesTransport, HttpProtocol
 from tests.processes import api_server
 
 
@@ -60,7 +61,7 @@ async def _serve_one(app: Any, transport: RecordingTransport) -> None:
     await asyncio.sleep(0)  # a lone write's flush
 
 
-async def _a_response_goes_out_in_one_write_as_soon_as_its_body_is_sent() -> None:
+async def _a_response_goes_out_in_one_write_at_the_end_of_the_loop_iteration() -> None:
     transport = RecordingTransport()
     writes_after_body: list[int] = []
 
@@ -71,37 +72,39 @@ async def _a_response_goes_out_in_one_write_as_soon_as_its_body_is_sent() -> Non
         writes_after_body.append(len(transport.writes))
 
     await _serve_one(app, transport)
-    assert writes_after_body == [1]  # written within the body's send: no added latency
+    assert writes_after_body == [0]  # held while the task still runs
     assert len(transport.writes) == 1
     head, _, body = transport.writes[0].partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert body == b"hello"
 
 
-async def _a_write_nothing_follows_goes_out_at_the_end_of_the_loop_iteration() -> None:
+async def _writes_of_one_iteration_go_out_joined_in_order() -> None:
     transport = RecordingTransport()
-    paired = PairedWritesTransport(transport, asyncio.get_running_loop())
-    paired.write(b"a")
+    deferred = DeferredWritesTransport(transport, asyncio.get_running_loop())
+    deferred.write(b"a")
     assert transport.writes == []
     await asyncio.sleep(0)
     assert transport.writes == [b"a"]
-    paired.write(b"b")
-    paired.write(b"c")
-    paired.write(b"d")
-    assert transport.writes == [b"a", b"bc"]
+    for data in (b"b", b"c", b"d"):
+        deferred.write(data)
+    assert transport.writes == [b"a"]
     await asyncio.sleep(0)
-    assert transport.writes == [b"a", b"bc", b"d"]
+    assert transport.writes == [b"a", b"bcd"]
+    await asyncio.sleep(0)
+    assert transport.writes == [b"a", b"bcd"]
 
 
 async def _close_writes_what_is_held_first_and_nothing_goes_to_a_closed_transport() -> None:
     transport = RecordingTransport()
-    paired = PairedWritesTransport(transport, asyncio.get_running_loop())
-    paired.write(b"last words")
-    paired.close()
+    deferred = DeferredWritesTransport(transport, asyncio.get_running_loop())
+    deferred.write(b"last ")
+    deferred.write(b"words")
+    deferred.close()
     assert transport.writes == [b"last words"] and transport.closed
     await asyncio.sleep(0)  # the scheduled flush finds nothing to write
     assert transport.writes == [b"last words"]
-    paired.write(b"late")  # held, then dropped: the transport is closing
+    deferred.write(b"late")  # held, then dropped: the transport is closing
     await asyncio.sleep(0)
     assert transport.writes == [b"last words"]
 
@@ -148,12 +151,12 @@ def test_serve_answers_in_one_tcp_segment(redis_server: RedisServer, tmp_path: P
                 assert _data_segments_received(conn) == n
 
 
-def test_a_response_goes_out_in_one_write_as_soon_as_its_body_is_sent() -> None:
-    asyncio.run(_a_response_goes_out_in_one_write_as_soon_as_its_body_is_sent())
+def test_a_response_goes_out_in_one_write_at_the_end_of_the_loop_iteration() -> None:
+    asyncio.run(_a_response_goes_out_in_one_write_at_the_end_of_the_loop_iteration())
 
 
-def test_a_write_nothing_follows_goes_out_at_the_end_of_the_loop_iteration() -> None:
-    asyncio.run(_a_write_nothing_follows_goes_out_at_the_end_of_the_loop_iteration())
+def test_writes_of_one_iteration_go_out_joined_in_order() -> None:
+    asyncio.run(_writes_of_one_iteration_go_out_joined_in_order())
 
 
 def test_close_writes_what_is_held_first_and_nothing_goes_to_a_closed_transport() -> None:
