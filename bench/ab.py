@@ -31,23 +31,25 @@ import burst
 ROOT = Path(__file__).resolve().parent.parent  # this tree, whose seatres B runs
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.Namespace]:
+    """This script's options, then bench/burst.py's (any other option given here, and
+    --duration 5 unless given)."""
     p = argparse.ArgumentParser(
-        prog="bench/ab.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        prog="bench/ab.py",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+        epilog="Any other option is bench/burst.py's (--workers, --connections, --seats, "
+        "--redis-transport, ...), with --duration 5 by default here.",
     )
     p.add_argument("--old", type=Path, required=True, help="checkout of the version A runs")
     p.add_argument("--rounds", type=int, default=8, help="rounds (8)")
-    p.add_argument("--duration", type=int, default=5, help="seconds a phase (5)")
-    p.add_argument("--seats", type=int, default=20_000, help="seats of each burst's event")
-    p.add_argument("--workers", type=int, default=2, help="seatres serve workers (2)")
-    p.add_argument("--connections", type=int, default=64, help="open connections (64)")
-    p.add_argument(
-        "--redis-transport", choices=("unix", "tcp"), default="unix", help="as bench/burst.py's"
-    )
-    args = p.parse_args(argv)
+    args, rest = p.parse_known_args(argv)
     if not (args.old / "seatres" / "__init__.py").is_file():
         p.error(f"--old {args.old}: no seatres package there")
-    return args
+    bench_args = burst.parse_args(["--duration=5", *rest])
+    if bench_args.cluster or bench_args.json or bench_args.keep:
+        p.error("--cluster, --json and --keep are bench/burst.py's alone")
+    return args, bench_args
 
 
 Row = tuple[float, float, float, float]  # requests/s, then CPU µs a request: API, Redis, wrk
@@ -69,14 +71,7 @@ def median(rows: list[Row], column: int) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    options = {
-        "duration": args.duration,
-        "workers": args.workers,
-        "connections": args.connections,
-        "redis-transport": args.redis_transport,
-    }
-    bench_args = burst.parse_args([f"--{k}={v}" for k, v in options.items()])
+    args, bench_args = parse_args(argv)
     benches: dict[str, burst.Bench] = {}
     rows: dict[tuple[str, str], list[Row]] = {}
     try:
@@ -97,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench = benches[name]
                 healthz = run_phase(bench, f"healthz-{r}", "healthz.lua", {})
                 event = f"burst-{r}-{name}"
-                bench.create_event(event, args.seats)
-                env = {"BENCH_EVENT": event, "BENCH_SEATS": str(args.seats)}
+                bench.create_event(event, bench_args.seats)
+                env = {"BENCH_EVENT": event, "BENCH_SEATS": str(bench_args.seats)}
                 reserve = run_phase(bench, f"burst-{r}", "reserve.lua", env)
                 for phase, row in (("healthz", healthz), ("burst", reserve)):
                     rows.setdefault((name, phase), []).append(row)

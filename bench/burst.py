@@ -359,7 +359,7 @@ class Bench:
                 ).start()
             )
             self.redis_url = self.redis_server.local_url if unix else self.redis_server.url
-            if unix and self.redis_url == self.redis_server.url:
+            if unix and self.redis_server.socket_path is None:
                 raise BenchError(f"no unix socket for Redis in {self.workdir}: path too long")
             log(f"redis-server {redis_server_binary()} on {self.redis_url}")
         self.client = connect_sync(self.redis_url, 60)

@@ -43,7 +43,7 @@ def _redis_for(settings: Settings) -> Iterator[Settings]:
         sys.exit(f"seatres: {exc}")
     os.environ["SEATRES_REDIS_URL"] = server.local_url
     os.environ["SEATRES_JWT_SECRET"] = local_secret(settings.data_dir)
-    also = "" if server.local_url == server.url else f", and {server.url}"
+    also = "" if server.socket_path is None else f", and {server.url}"
     print(
         f"seatres: embedded Redis at {server.local_url}{also} (data in {server.data_dir})",
         flush=True,
