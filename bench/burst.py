@@ -253,6 +253,23 @@ class Usage:
     # the phase waited before it for a rewrite (see Bench.settle_aof)
     redis_forks: int = 0
     waited_for_rewrite_s: float = 0.0
+    # the CPU was counted over wrk's load alone (Bench.measure's load_starts), not over
+    # the whole phase with wrk's start-up and wind-down
+    load_window: bool = False
+
+
+@dataclass
+class Counters:
+    """CPU seconds so far of what a phase measures, and when they were read."""
+
+    at: float  # time.monotonic()
+    redis: float
+    api: float  # the supervisor (and any other child that is not a worker)
+    workers: list[float]
+    loadgen: float
+    loadgen_pids: set[int]  # those still running
+    host: tuple[int, int, int, int]  # host_ticks()
+    everyone: dict[int, tuple[str, float]]  # all_processes()
 
 
 def host_ticks() -> tuple[int, int, int, int]:
@@ -532,11 +549,26 @@ class Bench:
         assert self.api is not None
         return sorted(p for p in descendants(self.api.pid) if is_worker(p))
 
+    def loadgen_cpu_seconds(self) -> float:
+        """CPU so far of the load generators this process started: those it has waited
+        for, and those still running (read while a phase runs)."""
+        running = sum(cpu_seconds(p.pid) for p in list(self.running) if p.returncode is None)
+        return children_cpu_seconds() + running
+
     @contextlib.contextmanager
-    def measure(self, sample_connections: bool = False) -> Iterator[Usage]:
+    def measure(
+        self, sample_connections: bool = False, load_starts: Path | None = None
+    ) -> Iterator[Usage]:
         """CPU of Redis, of the API (seatres serve and its workers) and of the load
-        generator (children of this process that ended meanwhile) over the block; Redis's
-        EVALSHA statistics; and, if asked, the connections by worker half-way through."""
+        generator over the block; Redis's EVALSHA statistics; and, if asked, the
+        connections by worker half-way through.
+
+        With `load_starts` (a file wrk's scripts create once their init() is done: see
+        report.lua), the CPU is counted from that moment for --duration seconds, the
+        window wrk's requests/s cover, rather than over the whole block: wrk builds its
+        requests beforehand (for confirm and cancel, hundreds of thousands of them, for
+        about a second while the server idles) and writes its records afterwards, and
+        that time would show as idle cores and as load-generator CPU per request."""
         assert self.api is not None and self.client is not None
         redis_pids, workers = self.redis_pids(), self.worker_pids()
         api_pids = [self.api.pid, *(p for p in descendants(self.api.pid) if p not in workers)]
@@ -551,26 +583,58 @@ class Bench:
 
             timer = threading.Timer(self.args.duration / 2, sample)
             timer.start()
+
+        def counters() -> Counters:
+            return Counters(
+                at=time.monotonic(),
+                redis=sum(cpu_seconds_with_children(p) for p in redis_pids),
+                api=sum(cpu_seconds(p) for p in api_pids),
+                workers=[cpu_seconds(p) for p in workers],
+                loadgen=self.loadgen_cpu_seconds(),
+                loadgen_pids={p.pid for p in list(self.running)},
+                host=host_ticks(),
+                everyone=all_processes(),
+            )
+
+        window: list[Counters] = []
+        ended = threading.Event()
+
+        def watch(marker: Path) -> None:
+            while not marker.exists():
+                if ended.wait(0.002):
+                    return
+            window.append(counters())
+            if not ended.wait(max(0.0, window[0].at + self.args.duration - time.monotonic())):
+                window.append(counters())
+
+        watcher = None
+        if load_starts is not None:
+            load_starts.unlink(missing_ok=True)
+            watcher = threading.Thread(target=watch, args=(load_starts,), daemon=True)
         self.reset_stats()
         forks_before = self.total_forks()  # (CONFIG RESETSTAT zeroes it: read after)
-        redis_before = sum(cpu_seconds_with_children(p) for p in redis_pids)
-        loadgen_before = children_cpu_seconds()
-        api_before = sum(cpu_seconds(p) for p in api_pids)
-        host_before, everyone_before = host_ticks(), all_processes()
-        workers_before = [cpu_seconds(p) for p in workers]
-        started = time.monotonic()
+        before = counters()
+        if watcher is not None:
+            watcher.start()
         try:
             yield usage
         finally:
+            ended.set()
+            if watcher is not None:
+                watcher.join()
             if timer is not None:
                 timer.cancel()
                 timer.join()
-        wall = time.monotonic() - started
+        after = counters()
+        if len(window) == 2:
+            before, after = window
+            usage.load_window = True
+        wall = after.at - before.at
 
         def percent(seconds: float) -> float:
             return round(100 * seconds / wall)
 
-        host = [a - b for a, b in zip(host_ticks(), host_before, strict=True)]
+        host = [a - b for a, b in zip(after.host, before.host, strict=True)]
         if host[3]:
             cores = os.cpu_count() or 1
             usage.host_processes, usage.host_interrupts, usage.host_steal = (
@@ -578,12 +642,13 @@ class Bench:
             )
         forked = [child for p in redis_pids for child in descendants(p)]  # AOF rewrites
         ours = {*redis_pids, *forked, os.getpid(), *api_pids, *workers}
+        ours |= before.loadgen_pids | after.loadgen_pids
         foreign: list[tuple[float, int]] = []
-        for pid, (started_at, seconds) in all_processes().items():
+        for pid, (started_at, seconds) in after.everyone.items():
             if pid not in ours:
-                before = everyone_before.get(pid)
-                if before is not None and before[0] == started_at:
-                    seconds -= before[1]
+                earlier = before.everyone.get(pid)
+                if earlier is not None and earlier[0] == started_at:
+                    seconds -= earlier[1]
                 foreign.append((seconds, pid))
         usage.others = percent(sum(seconds for seconds, _ in foreign))
         usage.other_processes = [
@@ -591,11 +656,11 @@ class Bench:
             for seconds, pid in sorted(foreign, reverse=True)[:3]
             if percent(seconds) >= 5
         ]
-        usage.redis = percent(sum(cpu_seconds_with_children(p) for p in redis_pids) - redis_before)
-        usage.loadgen = percent(children_cpu_seconds() - loadgen_before)
-        per_worker = [cpu_seconds(p) - b for p, b in zip(workers, workers_before, strict=True)]
+        usage.redis = percent(after.redis - before.redis)
+        usage.loadgen = percent(after.loadgen - before.loadgen)
+        per_worker = [a - b for a, b in zip(after.workers, before.workers, strict=True)]
         usage.api_workers = [percent(v) for v in per_worker]
-        usage.api = percent(sum(cpu_seconds(p) for p in api_pids) - api_before + sum(per_worker))
+        usage.api = percent(after.api - before.api + sum(per_worker))
         usage.evalsha_calls, usage.evalsha_us = self.evalsha_stats()
         usage.redis_forks = self.total_forks() - forks_before
 
@@ -625,10 +690,12 @@ class Bench:
 
     def wrk(self, name: str, script_name: str, env: dict[str, str], seconds: int) -> "WrkRun":
         out = self.workdir / f"{name}.out"
+        load_starts = self.workdir / f"{name}.started"
         env = {
             **os.environ,
             "BENCH_WRK_DIR": str(WRK_DIR),
             "BENCH_OUT": str(out),
+            "BENCH_STARTED": str(load_starts),
             "BENCH_TOKENS": str(self.tokens_file),
             "BENCH_THREADS": str(self.args.threads),
             **env,
@@ -636,7 +703,7 @@ class Bench:
         cmd = ["wrk", f"-t{self.args.threads}", f"-c{self.args.connections}", f"-d{seconds}s"]
         cmd += ["--timeout", WRK_TIMEOUT, "-s", str(WRK_DIR / script_name), self.base]
         log(f"{name}: {' '.join(cmd[:-3])} {script_name}, {seconds} s")
-        with self.measure(sample_connections=True) as usage:
+        with self.measure(sample_connections=True, load_starts=load_starts) as usage:
             self.run_tool(name, cmd, env, timeout=seconds + 60)
         return WrkRun.read(out, usage)
 

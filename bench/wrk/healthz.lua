@@ -6,6 +6,10 @@ dofile(os.getenv("BENCH_WRK_DIR") .. "/report.lua")
 wrk.method = "GET"
 wrk.path = "/healthz"
 
+function init(args)
+  init_done()
+end
+
 function response(status, headers, body)
   count_status(status)
 end

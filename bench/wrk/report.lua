@@ -28,6 +28,15 @@ function setup(thread)
   threads[#threads + 1] = thread
 end
 
+-- Every script's init() ends with this: once the last thread has built its requests,
+-- it creates the file BENCH_STARTED, and the bench counts the phase's CPU from then for
+-- the phase's duration (wrk starts its clock right after the last init).
+function init_done()
+  if thread_id == tonumber(os.getenv("BENCH_THREADS")) - 1 then
+    assert(io.open(os.getenv("BENCH_STARTED"), "w")):close()
+  end
+end
+
 function count_status(status)
   statuses[status] = (statuses[status] or 0) + 1
 end

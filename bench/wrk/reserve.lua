@@ -37,6 +37,7 @@ function init(args)
     prebuilt[i] = wrk.format("POST", "/reservations", headers[math.random(#headers)], body)
     prebuilt_seat[i] = seat
   end
+  init_done()
 end
 
 function request()

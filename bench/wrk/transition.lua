@@ -32,6 +32,7 @@ function init(args)
     end
     line_number = line_number + 1
   end
+  init_done()
 end
 
 function request()
