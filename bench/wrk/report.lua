@@ -32,8 +32,9 @@ end
 -- it creates the file BENCH_STARTED, and the bench counts the phase's CPU from then for
 -- the phase's duration (wrk starts its clock right after the last init).
 function init_done()
-  if thread_id == tonumber(os.getenv("BENCH_THREADS")) - 1 then
-    assert(io.open(os.getenv("BENCH_STARTED"), "w")):close()
+  local path = os.getenv("BENCH_STARTED")  -- (unset when a script is run by hand)
+  if path and thread_id == tonumber(os.getenv("BENCH_THREADS") or "1") - 1 then
+    assert(io.open(path, "w")):close()
   end
 end
 
