@@ -557,15 +557,18 @@ class Bench:
 
     @contextlib.contextmanager
     def measure(
-        self, sample_connections: bool = False, load_starts: Path | None = None
+        self,
+        sample_connections: bool = False,
+        load_starts: Path | None = None,
+        load_seconds: float = 0.0,
     ) -> Iterator[Usage]:
         """CPU of Redis, of the API (seatres serve and its workers) and of the load
         generator over the block; Redis's EVALSHA statistics; and, if asked, the
         connections by worker half-way through.
 
         With `load_starts` (a file wrk's scripts create once their init() is done: see
-        report.lua), the CPU is counted from that moment for --duration seconds, the
-        window wrk's requests/s cover, rather than over the whole block: wrk builds its
+        report.lua), the CPU is counted from that moment for `load_seconds`, the window
+        wrk's requests/s cover, rather than over the whole block: wrk builds its
         requests beforehand (for confirm and cancel, hundreds of thousands of them, for
         about a second while the server idles) and writes its records afterwards, and
         that time would show as idle cores and as load-generator CPU per request."""
@@ -604,7 +607,7 @@ class Bench:
                 if ended.wait(0.002):
                     return
             window.append(counters())
-            if not ended.wait(max(0.0, window[0].at + self.args.duration - time.monotonic())):
+            if not ended.wait(max(0.0, window[0].at + load_seconds - time.monotonic())):
                 window.append(counters())
 
         watcher = None
@@ -703,7 +706,7 @@ class Bench:
         cmd = ["wrk", f"-t{self.args.threads}", f"-c{self.args.connections}", f"-d{seconds}s"]
         cmd += ["--timeout", WRK_TIMEOUT, "-s", str(WRK_DIR / script_name), self.base]
         log(f"{name}: {' '.join(cmd[:-3])} {script_name}, {seconds} s")
-        with self.measure(sample_connections=True, load_starts=load_starts) as usage:
+        with self.measure(True, load_starts, seconds) as usage:
             self.run_tool(name, cmd, env, timeout=seconds + 60)
         return WrkRun.read(out, usage)
 
@@ -1390,6 +1393,8 @@ class Report:
                 notes.append(f"{p.usage.host_steal:.0f}% CPU stolen by the hypervisor")
             if p.usage.other_processes:
                 notes.append("other work on the machine: " + "; ".join(p.usage.other_processes))
+            if p.tool == "wrk" and not p.usage.load_window:
+                notes.append("CPU counted over wrk's whole run: its start marker never came")
             if p.tool == "wrk" and len(p.usage.api_workers) > 1:
                 cpu = " + ".join(f"{v:.0f}%" for v in p.usage.api_workers)
                 spread = p.usage.connections_by_worker
