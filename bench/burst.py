@@ -1177,9 +1177,10 @@ def redis_ceiling(bench: Bench, client: SyncClient, report: "Report") -> None:
 
     def reserve_call(event_id: str, sha: str) -> list[str]:
         # the store's reserve call without an idempotency key (seatres/lua/reserve.lua):
-        # 7 event keys; id, customer, hold ms, per-customer limit (0: off), log MAXLEN,
-        # fingerprint ('' = none), idempotency TTL, seat
-        k = keys.event_keys(event_id)
+        # 7 event keys, then the sweep index on a single Redis; id, customer, hold ms,
+        # per-customer limit (0: off), log MAXLEN, fingerprint ('' = none), idempotency
+        # TTL, seat
+        k = [*keys.event_keys(event_id), *(() if bench.args.cluster else (keys.SWEEP_DUE,))]
         rid = "bench-__rand_int__-__rand_int__-__rand_int__"  # fresh on (nearly) every call
         args = [rid, "cust__rand_int__", str(HOLD_SECONDS * 1000), "0", str(LOG_MAX_LENGTH)]
         args += ["", str(IDEMPOTENCY_TTL_MS), "s__rand_int__"]

@@ -13,7 +13,8 @@ import orjson
 import pytest
 import redis
 
-from seatres.domain.models import Caller, Claim, SweepBatch
+from seatres.domain.errors import SeatUnavailable
+from seatres.domain.models import Caller, Claim, IdempotencyKey, SweepBatch
 from seatres.domain.states import Transition
 from seatres.embedded import RedisServer
 from seatres.jobs import sweep as sweep_module
@@ -514,6 +515,45 @@ def test_a_hold_made_while_its_event_is_claimed_is_not_hidden(backend: Backend) 
     assert report.expired == {EVENT: 2}
     assert _holds(backend.sync) == {}
     assert _expire_log(backend.sync) == Counter({"first": 1, "second": 1})
+
+
+@pytest.mark.parametrize("with_key", [False, True], ids=["plain", "idempotency-key"])
+def test_a_new_hold_indexes_its_event_at_its_earliest_hold(
+    backend: Backend, with_key: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index holds each event at the time of its earliest hold. On a single Redis the
+    reserve script writes it in the same step as the hold (the store sends no command
+    of its own); on a cluster, where the index lives in another slot, the store does."""
+    if backend.name != "cluster":
+
+        async def no_second_command(*args: Any) -> None:
+            raise AssertionError("the reserve script indexes the hold on a single Redis")
+
+        monkeypatch.setattr(RedisStore, "_index_hold", no_second_command)
+
+    def reserve(rid: str, seat: str, hold_ms: int) -> int:
+        key = IdempotencyKey(f"key-{rid}", f"fp-{rid}") if with_key else None
+
+        async def body(store: RedisStore) -> int:
+            outcome = await store.reserve(EVENT, rid, "alice", [seat], hold_ms, 0, key)
+            return outcome.reservation.expires_at_ms
+
+        return _store(backend, body)
+
+    def indexed() -> float | None:
+        return backend.sync.zscore(keys.SWEEP_DUE, EVENT)
+
+    _event(backend)
+    late = reserve("late", "A1", LATER_MS)
+    assert indexed() == late
+    early = reserve("early", "A2", LATER_MS // 2)
+    assert indexed() == early < late
+    reserve("later", "A3", LATER_MS)  # a later hold leaves the earliest in place
+    assert indexed() == early
+    backend.sync.delete(keys.SWEEP_DUE)
+    with pytest.raises(SeatUnavailable):  # a refusal indexes nothing
+        reserve("refused", "A1", DUE_MS)
+    assert indexed() is None
 
 
 def test_sweep_out_of_time_gives_its_events_back_for_the_next_run(backend: Backend) -> None:

@@ -3,6 +3,10 @@
 -- KEYS[1..7] the event's keys in the order of common.lua's event_keys: meta, seats,
 --            claims, reservations, holds, customers, log
 -- KEYS[8]    the idempotency record of (customer, Idempotency-Key); only with ARGV[6]
+-- KEYS[8|9]  the sweep's index of due events (keys.py SWEEP_DUE), last, on a single Redis
+--            only: a new hold indexes its event here, in the same step. On a Redis Cluster
+--            the index lives in another slot, and the caller indexes the event after the
+--            script (RedisStore._index_hold).
 --
 -- ARGV[1] reservation id, chosen by the caller. A retried call with the same id
 --         (redis-py retries after timeouts) finds its own reservation and answers
@@ -71,6 +75,7 @@ local id, customer_id = ARGV[1], ARGV[2]
 local hold_ms, max_per_customer, log_max = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local fingerprint, idempotency_ttl = ARGV[6], ARGV[7]
 local FIRST_SEAT = 8
+local sweep_due = KEYS[fingerprint == '' and 8 or 9]  -- nil on a Redis Cluster
 
 local answer, reply = idempotency(K, fingerprint, id, idempotency_ttl)
 if answer then
@@ -170,6 +175,10 @@ for _, seat in ipairs(seat_ids) do
 end
 set_claim_keys(K, r)
 redis.call('ZADD', K.holds, r.expiresAt, id)
+if sweep_due then
+  -- as RedisStore._index_hold: the event's earliest hold still to be swept, kept lowest
+  redis.call('ZADD', sweep_due, 'LT', r.expiresAt, r.eventId)
+end
 redis.call('HINCRBY', K.meta, 'held', #seat_ids)
 add_customer_seats(K, customer_id, #seat_ids)
 record(K, r, 'reserve', nil, customer_id, now, log_max)

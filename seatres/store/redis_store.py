@@ -251,6 +251,10 @@ class RedisStore:
         self._observe = observe
         self._log_max_length = log_max_length
         self._idempotency_ttl_ms = idempotency_ttl_ms
+        # On a single Redis the reserve script indexes a new hold's event for the sweep
+        # itself (the index's key goes last in its KEYS): one command per new hold, and no
+        # moment when the hold stands unindexed. On a cluster the index is in another slot.
+        self._sweep_index_in_script = not isinstance(redis, RedisCluster)
         # script name -> its SCRIPT LOAD under way, shared by every caller that got NOSCRIPT
         self._loading: dict[str, asyncio.Future[Any]] = {}
 
@@ -356,19 +360,23 @@ class RedisStore:
             *idempotency_args,
             *seat_ids,
         ]
-        result = await self._run("reserve", [*keys.event_keys(event_id), *extra_key], args)
+        script_keys = [*keys.event_keys(event_id), *extra_key]
+        if self._sweep_index_in_script:
+            script_keys.append(keys.SWEEP_DUE)
+        result = await self._run("reserve", script_keys, args)
         if result == SEATS_TAKEN:  # reserve.lua's early answer: every seat asked is taken
             result = [SEATS_TAKEN, *seat_ids]
         outcome = _outcome(result, "Event")
-        if not outcome.replayed:  # a replay's first answer indexed the hold already
+        # (a replay's first answer indexed the hold already)
+        if not self._sweep_index_in_script and not outcome.replayed:
             await self._index_hold(event_id, outcome.reservation.expires_at_ms)
         return outcome
 
     async def _index_hold(self, event_id: str, expires_at_ms: int) -> None:
-        """Tell the sweep the event has a hold due at expires_at_ms. The index lives in
-        another slot, so this is its own command, after the script: a refused reserve
-        changes nothing in Redis. If it fails, the hold stands (the client is told so);
-        it still expires lazily, and with the event's next indexed hold."""
+        """On a Redis Cluster: tell the sweep the event has a hold due at expires_at_ms.
+        The index lives in another slot, so this is its own command, after the script: a
+        refused reserve changes nothing in Redis. If it fails, the hold stands (the client
+        is told so); it still expires lazily, and with the event's next indexed hold."""
         try:
             with _unavailable_on_failure:
                 await self._batcher.execute("ZADD", keys.SWEEP_DUE, "LT", expires_at_ms, event_id)
