@@ -17,6 +17,7 @@ local function event_keys()
     customers = KEYS[6],     -- hash: customer id -> seats in active reservations
     log = KEYS[7],           -- stream: every state change
     idempotency = KEYS[8],   -- string: the remembered answer of one idempotency key
+                             -- (only with a fingerprint: reserve.lua may pass another key)
     -- the meta key is "<tag>:meta"; a seat's claim key is "<tag>:claim:<seat>"
     claim_prefix = string.sub(KEYS[1], 1, -5) .. 'claim:',
   }
