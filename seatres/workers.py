@@ -48,10 +48,13 @@ def _bound_socket(host: str, port: int, reuse_port: bool = True) -> socket.socke
     return sock
 
 
-def reuse_port_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    sock = _bound_socket(host, port)
-    sock.listen(backlog)
-    return sock
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """Bound, not yet listening: uvicorn listens on it once the worker's app has started
+    (its lifespan startup ran). The kernel hands a connection only to a listening
+    socket of the port, so none waits in the queue of a worker still importing and
+    starting the app (about a second: at start-up, or while a dead worker is replaced),
+    and a worker that fails to start never held any."""
+    return _bound_socket(host, port)
 
 
 def _worker_main(spec: WorkerSpec) -> None:

@@ -3,6 +3,7 @@ burst of connections opened at once is spread over all of them, and a worker tha
 is replaced. And each worker freezes its start-up objects out of the garbage collector's
 sight."""
 
+import asyncio
 import contextlib
 import gc
 import os
@@ -10,14 +11,18 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import httpx2 as httpx
+import pytest
+import uvicorn
 from starlette.testclient import TestClient
 
 from seatres.embedded import RedisServer, free_port
 from seatres.http.app import create_app
 from seatres.settings import Settings
+from seatres.workers import reuse_port_socket
 from tests.conftest import make_settings
 from tests.processes import api_server, child_pids, seatres_env, seatres_process
 
@@ -34,15 +39,31 @@ def _workers(pid: int) -> list[int]:
     return workers
 
 
-def _established(port: int) -> set[str]:
+def _sockets(port: int, state: str) -> set[str]:
+    """Inodes of the TCP sockets on local port `port` in `state` (01 established,
+    0A listening)."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
-                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
                     inodes.add(fields[9])
     return inodes
+
+
+def _established(port: int) -> set[str]:
+    return _sockets(port, "01")
+
+
+def _wait_listening(port: int, workers: list[int], deadline: float) -> None:
+    """Until every worker listens on the port: each does once its app has started."""
+    while True:
+        listening = _sockets(port, "0A")
+        if all(_connections_of(pid, listening) == 1 for pid in workers):
+            return
+        assert time.monotonic() < deadline, "not every worker listens"
+        time.sleep(0.05)
 
 
 def _connections_of(pid: int, inodes: set[str]) -> int:
@@ -80,6 +101,8 @@ def test_connections_are_spread_over_workers_and_a_dead_worker_is_replaced(
         _wait_ready(base, time.monotonic() + 30)
         workers = _workers(proc.pid)
         assert len(workers) == 2, workers
+        # /healthz answered from one worker; the other may still be starting its app
+        _wait_listening(port, workers, time.monotonic() + 30)
 
         # A flash sale's connections arrive together: open them all, then use each once.
         sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(CONNECTIONS)]
@@ -108,6 +131,43 @@ def test_connections_are_spread_over_workers_and_a_dead_worker_is_replaced(
         for _ in range(20):  # new connections reach both workers, old and new
             assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
         assert proc.poll() is None
+
+
+def test_a_worker_listens_only_once_its_app_has_started() -> None:
+    """A worker's socket is bound but not listening until uvicorn has run the app's
+    lifespan startup, so the kernel sends no connection to a worker still starting."""
+
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                await receive()
+                await started.wait()  # the app's start-up, held until the test lets go
+                await send({"type": "lifespan.startup.complete"})
+                await receive()
+                await send({"type": "lifespan.shutdown.complete"})
+
+        port = free_port()
+        sock = reuse_port_socket("127.0.0.1", port)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0
+        server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        await asyncio.sleep(0.3)  # uvicorn is waiting on the lifespan startup
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+        started.set()
+        for _ in range(500):  # up to 5 s
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        assert server.started
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()
+        server.should_exit = True
+        await serving
+
+    asyncio.run(main())
 
 
 def test_a_taken_port_is_refused_at_once(redis_server: RedisServer, tmp_path: Path) -> None:
