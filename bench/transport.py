@@ -58,8 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 subprocess.run(cmd, check=True, capture_output=True)
                 seconds = time.monotonic() - started
                 us = (burst.cpu_seconds(server.process.pid) - cpu) / args.calls * 1e6
-                runs[transport].append((us, args.calls / seconds))
                 rate = args.calls / seconds
+                runs[transport].append((us, rate))
                 print(f"{transport:4}  Redis CPU {us:5.2f} µs a call  {rate:9,.0f} calls/s")
     finally:
         server.stop()

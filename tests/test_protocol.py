@@ -5,9 +5,11 @@ its writes, and through `seatres serve`."""
 import asyncio
 import socket
 import struct
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
@@ -149,17 +151,15 @@ def test_serve_answers_in_one_tcp_segment(redis_server: RedisServer, tmp_path: P
                 assert _data_segments_received(conn) == n
 
 
-def test_a_response_goes_out_in_one_write_at_the_end_of_the_loop_iteration() -> None:
-    asyncio.run(_a_response_goes_out_in_one_write_at_the_end_of_the_loop_iteration())
-
-
-def test_writes_of_one_iteration_go_out_joined_in_order() -> None:
-    asyncio.run(_writes_of_one_iteration_go_out_joined_in_order())
-
-
-def test_close_writes_what_is_held_first_and_nothing_goes_to_a_closed_transport() -> None:
-    asyncio.run(_close_writes_what_is_held_first_and_nothing_goes_to_a_closed_transport())
-
-
-def test_a_streamed_body_keeps_its_order() -> None:
-    asyncio.run(_a_streamed_body_keeps_its_order())
+@pytest.mark.parametrize(
+    "case",
+    [
+        _a_response_goes_out_in_one_write_at_the_end_of_the_loop_iteration,
+        _writes_of_one_iteration_go_out_joined_in_order,
+        _close_writes_what_is_held_first_and_nothing_goes_to_a_closed_transport,
+        _a_streamed_body_keeps_its_order,
+    ],
+    ids=lambda case: case.__name__.strip("_"),
+)
+def test_deferred_writes(case: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(case())

@@ -52,21 +52,17 @@ def _sockets(port: int, state: str) -> set[str]:
     return inodes
 
 
-def _established(port: int) -> set[str]:
-    return _sockets(port, "01")
-
-
 def _wait_listening(port: int, workers: list[int], deadline: float) -> None:
     """Until every worker listens on the port: each does once its app has started."""
     while True:
         listening = _sockets(port, "0A")
-        if all(_connections_of(pid, listening) == 1 for pid in workers):
+        if all(_sockets_of(pid, listening) == 1 for pid in workers):
             return
         assert time.monotonic() < deadline, "not every worker listens"
         time.sleep(0.05)
 
 
-def _connections_of(pid: int, inodes: set[str]) -> int:
+def _sockets_of(pid: int, inodes: set[str]) -> int:
     count = 0
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         with contextlib.suppress(OSError):
@@ -109,8 +105,8 @@ def test_connections_are_spread_over_workers_and_a_dead_worker_is_replaced(
         try:
             for sock in sockets:
                 _healthz_on(sock)
-            inodes = _established(port)
-            spread = [_connections_of(pid, inodes) for pid in workers]
+            inodes = _sockets(port, "01")
+            spread = [_sockets_of(pid, inodes) for pid in workers]
         finally:
             for sock in sockets:
                 sock.close()

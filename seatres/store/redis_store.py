@@ -367,7 +367,7 @@ class RedisStore:
         if result == SEATS_TAKEN:  # reserve.lua's early answer: every seat asked is taken
             result = [SEATS_TAKEN, *seat_ids]
         outcome = _outcome(result, "Event")
-        # (a replay's first answer indexed the hold already)
+        # on a cluster; a replay's first answer indexed the hold already
         if not self._sweep_index_in_script and not outcome.replayed:
             await self._index_hold(event_id, outcome.reservation.expires_at_ms)
         return outcome
