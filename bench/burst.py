@@ -15,6 +15,9 @@ Phases, all with the same server workers and the same connection count:
             the reserve call's keys and arguments), and the reserve script itself on
             a fresh event, random seats (so most calls are conflicts, as in the burst)
 
+Each phase that uses Redis starts from an empty one (FLUSHALL): no phase runs on the
+data of the phases before it.
+
 It prints one table (requests/s, p50, p99, answers, CPU of Redis / API / load generator)
 and the ratios the issue sets targets for; --json writes the same numbers as JSON.
 
@@ -455,6 +458,15 @@ class Bench:
         for port in self.redis_ports():
             with self.node_client(port) as r:
                 yield port, r
+
+    def clear_data(self, before: str) -> None:
+        """Deletes every key (FLUSHALL on each master), so that the phase about to start
+        runs on its own data alone, whatever ran before it: otherwise the second of
+        confirm and cancel ran beside the first's 275,000-odd reservations, and the
+        Redis rows beside both."""
+        for _, r in self.each_node():
+            r.flushall()
+        log(f"{before}: Redis emptied (FLUSHALL) of the earlier phases' keys")
 
     def reset_stats(self) -> None:
         for _, r in self.each_node():
@@ -1455,6 +1467,7 @@ def run(args: argparse.Namespace, bench: Bench, report: Report) -> None:
     healthz = bench.wrk("healthz", "healthz.lua", {}, args.duration)
     report.phases.append(Phase.from_wrk("GET /healthz", healthz))
 
+    bench.clear_data("reserve")
     bench.create_event("burst", args.seats)
     env = {"BENCH_EVENT": "burst", "BENCH_SEATS": str(args.seats)}
     burst = bench.wrk("reserve", "reserve.lua", env, args.duration)
@@ -1466,6 +1479,7 @@ def run(args: argparse.Namespace, bench: Bench, report: Report) -> None:
     # enough fresh holds for twice the reserve rate over a phase
     count = max(2000, math.ceil(2 * reserve_phase.rps * args.duration))
     for action in ("confirm", "cancel"):
+        bench.clear_data(action)
         events, items = precreate_holds(bench, action, count)
         env = {"BENCH_ACTION": action, "BENCH_ITEMS": str(items)}
         run_ = bench.wrk(action, "transition.lua", env, args.duration)
@@ -1479,6 +1493,7 @@ def run(args: argparse.Namespace, bench: Bench, report: Report) -> None:
         time.sleep(1)
         report.checks.append(check_transitions(client, action, events, run_))
 
+    bench.clear_data("redis")
     redis_ceiling(bench, client, report)
     errors = bench.server_log_tail(1_000_000).count("Traceback")
     if errors:
