@@ -482,7 +482,7 @@ class Bench:
         earlier writes lands on whichever phase follows: the holds made beforehand for
         confirm and cancel (hundreds of thousands) set one off in the middle of those
         phases in most runs, and its fork and copy-on-write faults cost a write-heavy
-        phase far more than a phase of refusals (see the README's Benchmarks). The
+        phase far more than a phase of refusals (see bench/FINDINGS.md). The
         seconds waited."""
         started = time.monotonic()
         self._wait_for_rewrites(started, limit)

@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     access_log: bool = True
     # Once started, move every object built so far out of the cyclic garbage
     # collector's sight (gc.freeze): full collections then no longer walk the modules and
-    # clients, which was most of the burst's p99 (see README, Benchmarks).
+    # clients, which was most of the burst's p99 (see bench/FINDINGS.md).
     gc_freeze: bool = True
     # The garbage collector's young-generation threshold (Python's is 700; 0 keeps it).
     # No answer of the hot paths leaves a reference cycle (tests/test_garbage.py), so its
@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     # The embedded Redis also listens on a unix socket in data_dir, which the service then
     # uses (the port stays open for tools). Redis, the one serial part of every request,
     # spends less on each call that way: 1.3 against 2.1 µs of CPU a pipelined GET
-    # (README, Benchmarks). Falls back to the port when the socket's path would be too
+    # (bench/FINDINGS.md). Falls back to the port when the socket's path would be too
     # long for the kernel (107 bytes).
     embedded_redis_unix_socket: bool = True
 

@@ -46,7 +46,7 @@ MAX_BATCH = 512
 # requests travelled as one convoy: the worker idle while Redis ran them, then Redis
 # idle while the worker answered them, and 28-39 % of the two cores unused during
 # confirm and cancel (18-24 % now). Measured with bench phases alternated in one run
-# (README, Benchmarks): writes of 2 cost reserve a quarter of its rate, of 16 kept
+# (bench/FINDINGS.md): writes of 2 cost reserve a quarter of its rate, of 16 kept
 # little of the gain.
 PIPE_BATCH = 8
 # Share of a cluster node's connections that batches may hold at once; the rest serve
