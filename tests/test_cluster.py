@@ -4,6 +4,7 @@ rq / rq-scheduler on a plain Redis of their own, and every CLI command, against 
 session's local 3-master cluster (tests/cluster.py), with events on every master."""
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -32,10 +33,12 @@ from seatres.http.app import create_app
 from seatres.jobs.runner import EXPIRE_JOB_ID, ExpiryScheduler, register_cron
 from seatres.jobs.sweep import _sweep_redis
 from seatres.settings import Settings, describe, parse_cluster_url
-from seatres.store import keys, scripts
+from seatres.store import cluster_pipes, keys, scripts
 from seatres.store.batching import TickBatcher
+from seatres.store.cluster_pipes import ClusterPipes
 from seatres.store.connection import connect, connect_sync
 from seatres.store.redis_store import RedisStore
+from seatres.store.resp import RespPipe
 from tests.cluster import (
     events_on_every_master,
     flush,
@@ -382,9 +385,139 @@ def test_sync_and_async_clients_from_one_url(cluster: LocalCluster) -> None:
 # The batcher on a cluster
 
 
-def test_batches_in_flight_stay_below_each_nodes_connections(cluster: LocalCluster) -> None:
+@pytest.fixture(params=["own connections", "cluster pipeline"])
+def batcher_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which way the batcher's batches go: its own connection to each node, or redis-py's
+    cluster pipeline, what it falls back to (forced here: no node has a connection)."""
+    if request.param == "cluster pipeline":
+        monkeypatch.setattr(ClusterPipes, "_pipe", lambda self, node: None)
+    return str(request.param)
+
+
+def _count_pipelines(client: Any) -> list[int]:
+    """Counts the redis-py cluster pipelines `client` makes (one item each)."""
+    made: list[int] = []
+    real = client.pipeline
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        made.append(1)
+        return real(*args, **kwargs)
+
+    client.pipeline = counting
+    return made
+
+
+def test_a_tick_of_calls_goes_to_each_node_once(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each caller's command goes to the master of its key, on the batcher's own
+    connection to it: one write per master for the tick, no redis-py pipeline."""
+    events = events_on_every_master(cluster, "tick")
+    writes: list[int] = []
+    real_execute = RespPipe.execute
+
+    async def counting_execute(pipe: RespPipe, commands: Any) -> list[Any]:
+        writes.append(len(commands))
+        return await real_execute(pipe, commands)
+
+    monkeypatch.setattr(RespPipe, "execute", counting_execute)
+
+    async def run() -> tuple[list[Any], list[int]]:
+        client = connect(make_settings(redis_url=cluster.url))
+        pipelines = _count_pipelines(client)
+        batcher = TickBatcher(client)
+        try:
+            calls = [
+                batcher.execute("INCR", keys.event_keys(events[i % 3]).meta + ":n")
+                for i in range(300)
+            ]
+            return await asyncio.gather(*calls), pipelines
+        finally:
+            await batcher.aclose()
+            await client.aclose()
+
+    replies, pipelines = asyncio.run(run())
+    assert sorted(replies) == sorted(list(range(1, 101)) * 3)
+    assert (sorted(writes), pipelines) == ([100, 100, 100], [])
+
+
+def test_a_call_sent_to_the_wrong_node_goes_again_through_the_cluster_pipeline(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A master that does not hold the slot answers MOVED (the batcher's slot map is out
+    of date): the call goes again through redis-py's cluster pipeline, which follows the
+    redirection. Each call runs once, on the right master."""
+    event = events_on_every_master(cluster, "moved")[0]
+    key = keys.event_keys(event).meta + ":n"
+    home = port_of_event(cluster, event)
+
+    def elsewhere(client: Any, commands: Any) -> Any:
+        return next(n for n in client.get_primaries() if int(n.port) != home)
+
+    monkeypatch.setattr(cluster_pipes, "node_of", elsewhere)
+
+    async def run() -> tuple[list[Any], list[int]]:
+        client = connect(make_settings(redis_url=cluster.url))
+        pipelines = _count_pipelines(client)
+        batcher = TickBatcher(client)
+        try:
+            return await asyncio.gather(*(batcher.execute("INCR", key) for _ in range(20))), (
+                pipelines
+            )
+        finally:
+            await batcher.aclose()
+            await client.aclose()
+
+    replies, pipelines = asyncio.run(run())
+    assert sorted(replies) == list(range(1, 21))
+    assert pipelines == [1]
+    with cluster.client(home) as node:
+        assert node.get(key) == "20"
+
+
+def test_a_node_that_cannot_be_reached_is_served_through_the_cluster_pipeline(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batcher's own connection to a master fails (here: it dials a closed port):
+    its calls go through redis-py's cluster pipeline, whose retry policy decides."""
+    event = events_on_every_master(cluster, "unreachable")[0]
+    key = keys.event_keys(event).meta + ":n"
+    real_pipe = ClusterPipes._pipe
+    closed = free_port()
+
+    def dead_pipe(self: ClusterPipes, node: Any) -> RespPipe | None:
+        pipe = real_pipe(self, node)
+        assert pipe is not None
+        pipe._target = dataclasses.replace(pipe._target, port=closed, where=f"port {closed}")
+        return pipe
+
+    monkeypatch.setattr(ClusterPipes, "_pipe", dead_pipe)
+
+    async def run() -> tuple[list[Any], list[int]]:
+        client = connect(make_settings(redis_url=cluster.url))
+        pipelines = _count_pipelines(client)
+        batcher = TickBatcher(client)
+        try:
+            return await asyncio.gather(*(batcher.execute("INCR", key) for _ in range(20))), (
+                pipelines
+            )
+        finally:
+            await batcher.aclose()
+            await client.aclose()
+
+    replies, pipelines = asyncio.run(run())
+    assert sorted(replies) == list(range(1, 21))
+    assert pipelines == [1]
+
+
+def test_batches_in_flight_stay_below_each_nodes_connections(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """redis-py's cluster client raises (and drops every connection) when a node has no
-    free connection: the batcher keeps the batches in flight below max_connections."""
+    free connection: the batcher keeps the batches it sends through redis-py's cluster
+    pipeline (here all of them: no node has a connection of the batcher's own) below
+    max_connections."""
+    monkeypatch.setattr(ClusterPipes, "_pipe", lambda self, node: None)
     events = events_on_every_master(cluster, "conn")
 
     async def run() -> list[Any]:
@@ -403,7 +536,9 @@ def test_batches_in_flight_stay_below_each_nodes_connections(cluster: LocalClust
     assert sorted(replies)[-1] == 100 and len(replies) == 300
 
 
-def test_a_read_and_its_clock_come_from_the_same_master(cluster: LocalCluster) -> None:
+def test_a_read_and_its_clock_come_from_the_same_master(
+    cluster: LocalCluster, batcher_path: str
+) -> None:
     """GET /reservations/{id} reads the reservation and Redis's clock in one batch: the
     TIME goes to the master of the event, not to redis-py's default node."""
     events = events_on_every_master(cluster, "clock")

@@ -17,10 +17,11 @@ last one at the end of the tick), so that Redis works while the worker does (see
 PIPE_BATCH). A client whose connections are not redis-py's plain ones (fakeredis in
 tests) keeps redis-py's pipeline.
 
-On a Redis Cluster the pipeline is redis-py's ClusterPipeline: it splits the batch by
-node (a command's node from its keys: EVALSHA's after numkeys), sends each node its part
-at the same time, and re-sends a command answered MOVED, ASK or TRYAGAIN on its own,
-following the redirection. Two things are added here: no more batches in flight than
+On a Redis Cluster a batch goes to each primary over a connection of the batcher's own
+too (seatres.store.cluster_pipes: each caller's commands to the node of their keys),
+and what a node cannot answer (a redirection, a lost connection) goes again through
+redis-py's ClusterPipeline, which follows MOVED, ASK and TRYAGAIN and learns the slot
+map anew. Two things are added to that pipeline here: no more batches in flight than
 each node has connections (redis-py's cluster client raises when a node has none free,
 and its pipeline then drops every connection of the client to start over), and a TIME
 sent together with a keyed read goes to that key's node, so the read and the clock come
@@ -33,10 +34,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import SlotNotCoveredError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from seatres.store.resp import RespPipe
+from seatres.store.cluster_pipes import ClusterPipes, node_of
+from seatres.store.resp import RespPipe, as_redis_py_would
 
 MAX_BATCH = 512
 # On the worker's own connection (RespPipe) a batch is written the moment it holds this
@@ -64,11 +65,13 @@ class TickBatcher:
         self._pending_commands = 0
         self._sending: set[asyncio.Task[None]] = set()
         self._cluster: RedisCluster | None = None
+        self._cluster_pipes: ClusterPipes | None = None
         self._pipe: RespPipe | None = None
         self._in_flight: asyncio.Semaphore | None = None
         self._wait_seconds = 2.0
         if isinstance(redis, RedisCluster):
             self._cluster = redis
+            self._cluster_pipes = ClusterPipes(redis, self._pipeline_to_cluster)
             options = redis.get_connection_kwargs()
             per_node = int(options.get("max_connections") or 100)
             self._in_flight = asyncio.Semaphore(max(1, int(per_node * CLUSTER_IN_FLIGHT_SHARE)))
@@ -85,6 +88,8 @@ class TickBatcher:
         client's aclose() does not know it. Left open, it closes when the loop ends."""
         if self._pipe is not None:
             await self._pipe.aclose()
+        if self._cluster_pipes is not None:
+            await self._cluster_pipes.aclose()
 
     async def execute(self, *command: Any) -> Any:
         """One command's reply; a Redis error reply is raised here, for this caller only."""
@@ -134,15 +139,17 @@ class TickBatcher:
         if error is not None:
             _fail(batch, error)
             return
-        _answer(batch, self._as_redis_py_would(commands, sent.result()))
+        _answer(batch, as_redis_py_would(self._redis.response_callbacks, commands, sent.result()))
 
     async def _send(self, batch: Batch) -> None:
         try:
-            if self._cluster is not None:
-                replies = await self._send_to_cluster(self._cluster, batch)
+            if self._cluster_pipes is not None:
+                parts = await self._cluster_pipes.send([commands for commands, _ in batch])
+                replies = [reply for part in parts for reply in part]
             elif self._pipe is not None:
                 commands = _commands(batch)
-                replies = self._as_redis_py_would(commands, await self._pipe.execute(commands))
+                replies = await self._pipe.execute(commands)
+                replies = as_redis_py_would(self._redis.response_callbacks, commands, replies)
             else:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for commands, _ in batch:
@@ -158,34 +165,27 @@ class TickBatcher:
             return
         _answer(batch, replies)
 
-    def _as_redis_py_would(self, commands: list[Command], replies: list[Any]) -> list[Any]:
-        """The RespPipe's replies as redis-py's pipeline gives them (its response
-        callbacks: str_if_bytes, TIME's ints)."""
-        callbacks = self._redis.response_callbacks
-        for i, command in enumerate(commands):
-            callback = callbacks.get(command[0])
-            if callback is not None and not isinstance(replies[i], Exception):
-                replies[i] = callback(replies[i])
-        return replies
-
-    async def _send_to_cluster(self, cluster: RedisCluster, batch: Batch) -> list[Any]:
-        assert self._in_flight is not None
+    async def _pipeline_to_cluster(self, groups: list[list[Command]]) -> list[Any]:
+        """Callers' commands through redis-py's cluster pipeline (what ClusterPipes sends
+        when a node's own connection cannot answer): their replies, flat, in order."""
+        cluster, in_flight = self._cluster, self._in_flight
+        assert cluster is not None and in_flight is not None
         try:
             async with asyncio.timeout(self._wait_seconds):
-                await self._in_flight.acquire()
+                await in_flight.acquire()
         except TimeoutError:
             raise RedisConnectionError("no free cluster connection (batches in flight)") from None
         try:
             await cluster.initialize()  # at once when done: the slot map below needs it
             async with cluster.pipeline(transaction=False) as pipe:
-                for commands, _ in batch:
+                for commands in groups:
                     node = None
                     for command in commands:
                         if command[0] != "TIME":
                             pipe.execute_command(*command)
                             continue
                         if node is None:
-                            node = _node_of(cluster, commands)
+                            node = node_of(cluster, commands)
                         if node is None:
                             pipe.execute_command(*command)
                         else:
@@ -193,24 +193,7 @@ class TickBatcher:
                 replies: list[Any] = await pipe.execute(raise_on_error=False)
                 return replies
         finally:
-            self._in_flight.release()
-
-
-def _node_of(cluster: RedisCluster, commands: list[Command]) -> Any:
-    """The node of the first keyed command among `commands` (None: none has a key, or
-    its slot is not known now)."""
-    for command in commands:
-        name = str(command[0]).upper()
-        if name in ("EVAL", "EVALSHA"):
-            key = command[3] if len(command) > 3 and int(command[2]) > 0 else None
-        else:
-            key = command[1] if len(command) > 1 and name != "TIME" else None
-        if key is not None:
-            try:
-                return cluster.get_node_from_key(key)
-            except SlotNotCoveredError:
-                return None
-    return None
+            in_flight.release()
 
 
 def _commands(batch: Batch) -> list[Command]:

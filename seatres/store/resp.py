@@ -397,3 +397,15 @@ class RespPipe:
         hello = replies[0]
         if target.protocol == 3 and 3 not in (hello.get("proto"), hello.get(b"proto")):
             raise RedisConnectionError("Invalid RESP version")
+
+
+def as_redis_py_would(
+    callbacks: Mapping[Any, Any], commands: Sequence[Command], replies: list[Any]
+) -> list[Any]:
+    """A RespPipe's replies as redis-py's own pipelines give them: its response callbacks
+    (str_if_bytes, TIME's pair of ints, ...) applied to every reply but an error."""
+    for i, command in enumerate(commands):
+        callback = callbacks.get(command[0])
+        if callback is not None and not isinstance(replies[i], Exception):
+            replies[i] = callback(replies[i])
+    return replies
