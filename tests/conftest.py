@@ -9,6 +9,7 @@ leaves it out). All are flushed between tests. A test that cannot apply to a clu
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import hypothesis
@@ -24,6 +25,7 @@ from seatres.embedded_cluster import LocalCluster
 from seatres.http.app import create_app
 from seatres.settings import Settings
 from seatres.store.connection import SyncClient, connect, connect_sync
+from seatres.store.resp import RespPipe
 from tests.cluster import redis_cluster  # noqa: F401  (the session's cluster fixture)
 
 SECRET = "test-secret-" + "x" * 40
@@ -109,6 +111,34 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     yield b
     b.sync.flushall()
     b.sync.close()
+
+
+def count_pipelines(client: Any) -> list[int]:
+    """Makes `client` note each pipeline it creates: one item in the list returned."""
+    made: list[int] = []
+    real = client.pipeline
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        made.append(1)
+        return real(*args, **kwargs)
+
+    client.pipeline = counting
+    return made
+
+
+@pytest.fixture
+def resp_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of commands of each batch a RespPipe sends (RespPipe.execute), in
+    order, while the test runs."""
+    writes: list[int] = []
+    real_execute = RespPipe.execute
+
+    async def counting_execute(pipe: RespPipe, commands: Any) -> list[Any]:
+        writes.append(len(commands))
+        return await real_execute(pipe, commands)
+
+    monkeypatch.setattr(RespPipe, "execute", counting_execute)
+    return writes
 
 
 @pytest.fixture

@@ -7,51 +7,32 @@ import pytest
 from redis.exceptions import ResponseError
 
 from seatres.store.batching import PIPE_BATCH, TickBatcher
-from seatres.store.resp import RespPipe
-from tests.conftest import Backend
+from tests.conftest import Backend, count_pipelines
 
 
-def test_one_round_trip_for_a_tick_of_calls(
-    backend: Backend, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_one_round_trip_for_a_tick_of_calls(backend: Backend, resp_writes: list[int]) -> None:
     """fakeredis: one redis-py pipeline for the whole tick; a cluster: one write on the
     batcher's own connection to the key's node, and no redis-py pipeline."""
     if backend.name == "real":
         pytest.skip("a real single Redis: the RespPipe's writes, next test")
-    writes: list[int] = []
-    real_execute = RespPipe.execute
-
-    async def counting_execute(pipe: RespPipe, commands: Any) -> list[Any]:
-        writes.append(len(commands))
-        return await real_execute(pipe, commands)
-
-    monkeypatch.setattr(RespPipe, "execute", counting_execute)
 
     async def run() -> tuple[list[Any], int]:
         redis = backend.make_async()
         batcher = TickBatcher(redis)
-        pipelines = 0
-        real = redis.pipeline
-
-        def counting(*args: Any, **kwargs: Any) -> Any:
-            nonlocal pipelines
-            pipelines += 1
-            return real(*args, **kwargs)
-
-        redis.pipeline = counting
+        pipelines = count_pipelines(redis)
         try:
             replies = await asyncio.gather(*(batcher.execute("INCR", "n") for _ in range(100)))
         finally:
             await batcher.aclose()
             await redis.aclose()
-        return replies, pipelines
+        return replies, len(pipelines)
 
     replies, pipelines = asyncio.run(run())
     assert sorted(replies) == list(range(1, 101))
     if backend.name == "cluster":
-        assert (writes, pipelines) == ([100], 0)
+        assert (resp_writes, pipelines) == ([100], 0)
     else:
-        assert (writes, pipelines) == ([], 1)
+        assert (resp_writes, pipelines) == ([], 1)
 
 
 @pytest.mark.single_redis("the RespPipe serves one redis-server only")

@@ -46,7 +46,7 @@ from tests.cluster import (
     port_of_event,
     sync_client,
 )
-from tests.conftest import ADMIN, ALICE, SECRET, make_settings, put_event
+from tests.conftest import ADMIN, ALICE, SECRET, count_pipelines, make_settings, put_event
 from tests.processes import alive, child_pids, seatres_env, seatres_process
 
 pytestmark = pytest.mark.cluster
@@ -394,51 +394,34 @@ def batcher_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     return str(request.param)
 
 
-def _count_pipelines(client: Any) -> list[int]:
-    """Counts the redis-py cluster pipelines `client` makes (one item each)."""
-    made: list[int] = []
-    real = client.pipeline
+def _incr_in_one_tick(cluster: LocalCluster, names: list[str]) -> tuple[list[Any], int]:
+    """INCR of each key, all in one tick of a TickBatcher on a new cluster client: the
+    replies, and how many redis-py cluster pipelines the client made."""
 
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        made.append(1)
-        return real(*args, **kwargs)
-
-    client.pipeline = counting
-    return made
-
-
-def test_a_tick_of_calls_goes_to_each_node_once(
-    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each caller's command goes to the master of its key, on the batcher's own
-    connection to it: one write per master for the tick, no redis-py pipeline."""
-    events = events_on_every_master(cluster, "tick")
-    writes: list[int] = []
-    real_execute = RespPipe.execute
-
-    async def counting_execute(pipe: RespPipe, commands: Any) -> list[Any]:
-        writes.append(len(commands))
-        return await real_execute(pipe, commands)
-
-    monkeypatch.setattr(RespPipe, "execute", counting_execute)
-
-    async def run() -> tuple[list[Any], list[int]]:
+    async def run() -> tuple[list[Any], int]:
         client = connect(make_settings(redis_url=cluster.url))
-        pipelines = _count_pipelines(client)
+        pipelines = count_pipelines(client)
         batcher = TickBatcher(client)
         try:
-            calls = [
-                batcher.execute("INCR", keys.event_keys(events[i % 3]).meta + ":n")
-                for i in range(300)
-            ]
-            return await asyncio.gather(*calls), pipelines
+            replies = await asyncio.gather(*(batcher.execute("INCR", n) for n in names))
+            return replies, len(pipelines)
         finally:
             await batcher.aclose()
             await client.aclose()
 
-    replies, pipelines = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_tick_of_calls_goes_to_each_node_once(
+    cluster: LocalCluster, resp_writes: list[int]
+) -> None:
+    """Each caller's command goes to the master of its key, on the batcher's own
+    connection to it: one write per master for the tick, no redis-py pipeline."""
+    events = events_on_every_master(cluster, "tick")
+    names = [keys.event_keys(events[i % 3]).meta + ":n" for i in range(300)]
+    replies, pipelines = _incr_in_one_tick(cluster, names)
     assert sorted(replies) == sorted(list(range(1, 101)) * 3)
-    assert (sorted(writes), pipelines) == ([100, 100, 100], [])
+    assert (sorted(resp_writes), pipelines) == ([100, 100, 100], 0)
 
 
 def test_a_call_sent_to_the_wrong_node_goes_again_through_the_cluster_pipeline(
@@ -455,22 +438,9 @@ def test_a_call_sent_to_the_wrong_node_goes_again_through_the_cluster_pipeline(
         return next(n for n in client.get_primaries() if int(n.port) != home)
 
     monkeypatch.setattr(cluster_pipes, "node_of", elsewhere)
-
-    async def run() -> tuple[list[Any], list[int]]:
-        client = connect(make_settings(redis_url=cluster.url))
-        pipelines = _count_pipelines(client)
-        batcher = TickBatcher(client)
-        try:
-            return await asyncio.gather(*(batcher.execute("INCR", key) for _ in range(20))), (
-                pipelines
-            )
-        finally:
-            await batcher.aclose()
-            await client.aclose()
-
-    replies, pipelines = asyncio.run(run())
+    replies, pipelines = _incr_in_one_tick(cluster, [key] * 20)
     assert sorted(replies) == list(range(1, 21))
-    assert pipelines == [1]
+    assert pipelines == 1
     with cluster.client(home) as node:
         assert node.get(key) == "20"
 
@@ -492,22 +462,9 @@ def test_a_node_that_cannot_be_reached_is_served_through_the_cluster_pipeline(
         return pipe
 
     monkeypatch.setattr(ClusterPipes, "_pipe", dead_pipe)
-
-    async def run() -> tuple[list[Any], list[int]]:
-        client = connect(make_settings(redis_url=cluster.url))
-        pipelines = _count_pipelines(client)
-        batcher = TickBatcher(client)
-        try:
-            return await asyncio.gather(*(batcher.execute("INCR", key) for _ in range(20))), (
-                pipelines
-            )
-        finally:
-            await batcher.aclose()
-            await client.aclose()
-
-    replies, pipelines = asyncio.run(run())
+    replies, pipelines = _incr_in_one_tick(cluster, [key] * 20)
     assert sorted(replies) == list(range(1, 21))
-    assert pipelines == [1]
+    assert pipelines == 1
 
 
 def test_batches_in_flight_stay_below_each_nodes_connections(
