@@ -38,7 +38,8 @@ from redis.exceptions import AskError, ClusterDownError, SlotNotCoveredError, Tr
 
 from seatres.store.resp import Command, RespPipe, as_redis_py_would, target_of
 
-# Replies that mean "not here, not now": the command did not run on that node.
+# Replies that mean "not here, not now": the command did not run on that node, or (a
+# script's own TRYAGAIN, a claim key in motion) ran its guards and changed nothing.
 _ELSEWHERE = (AskError, TryAgainError, ClusterDownError)  # AskError covers MOVED
 
 SendSlowly = Callable[[list[list[Command]]], Awaitable[list[Any]]]
