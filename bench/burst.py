@@ -718,7 +718,9 @@ class Bench:
         cmd = ["wrk", f"-t{self.args.threads}", f"-c{self.args.connections}", f"-d{seconds}s"]
         cmd += ["--timeout", WRK_TIMEOUT, "-s", str(WRK_DIR / script_name), self.base]
         log(f"{name}: {' '.join(cmd[:-3])} {script_name}, {seconds} s")
-        with self.measure(True, load_starts, seconds) as usage:
+        with self.measure(
+            sample_connections=True, load_starts=load_starts, load_seconds=seconds
+        ) as usage:
             self.run_tool(name, cmd, env, timeout=seconds + 60)
         return WrkRun.read(out, usage)
 

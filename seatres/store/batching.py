@@ -64,13 +64,11 @@ class TickBatcher:
         self._pending: Batch = []
         self._pending_commands = 0
         self._sending: set[asyncio.Task[None]] = set()
-        self._cluster: RedisCluster | None = None
         self._cluster_pipes: ClusterPipes | None = None
         self._pipe: RespPipe | None = None
         self._in_flight: asyncio.Semaphore | None = None
         self._wait_seconds = 2.0
         if isinstance(redis, RedisCluster):
-            self._cluster = redis
             self._cluster_pipes = ClusterPipes(redis, self._pipeline_to_cluster)
             options = redis.get_connection_kwargs()
             per_node = int(options.get("max_connections") or 100)
@@ -168,8 +166,8 @@ class TickBatcher:
     async def _pipeline_to_cluster(self, groups: list[list[Command]]) -> list[Any]:
         """Callers' commands through redis-py's cluster pipeline (what ClusterPipes sends
         when a node's own connection cannot answer): their replies, flat, in order."""
-        cluster, in_flight = self._cluster, self._in_flight
-        assert cluster is not None and in_flight is not None
+        cluster, in_flight = self._redis, self._in_flight
+        assert isinstance(cluster, RedisCluster) and in_flight is not None
         try:
             async with asyncio.timeout(self._wait_seconds):
                 await in_flight.acquire()

@@ -118,7 +118,7 @@ def node_of(cluster: RedisCluster, commands: list[Command]) -> ClusterNode | Non
     command has a key, the keys are on two nodes, or a slot is not covered now)."""
     node: ClusterNode | None = None
     for command in commands:
-        key = key_of(command)
+        key = _key_of(command)
         if key is None:
             continue
         try:
@@ -131,7 +131,7 @@ def node_of(cluster: RedisCluster, commands: list[Command]) -> ClusterNode | Non
     return node
 
 
-def key_of(command: Command) -> Any:
+def _key_of(command: Command) -> Any:
     """The first key of a command as the service sends them (EVALSHA's after numkeys;
     None for TIME and for a script without keys)."""
     name = str(command[0]).upper()
