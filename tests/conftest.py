@@ -127,17 +127,25 @@ def count_pipelines(client: Any) -> list[int]:
 
 
 @pytest.fixture
-def resp_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The number of commands of each batch a RespPipe sends (RespPipe.execute), in
-    order, while the test runs."""
-    writes: list[int] = []
-    real_execute = RespPipe.execute
+def resp_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Each batch a RespPipe sends while the test runs, in order: ("now", commands) when
+    written at once on its open connection (RespPipe.send_now), ("task", commands) when
+    sent by a task that may connect first (RespPipe.execute)."""
+    writes: list[tuple[str, int]] = []
+    real_execute, real_send_now = RespPipe.execute, RespPipe.send_now
 
     async def counting_execute(pipe: RespPipe, commands: Any) -> list[Any]:
-        writes.append(len(commands))
+        writes.append(("task", len(commands)))
         return await real_execute(pipe, commands)
 
+    def counting_send_now(pipe: RespPipe, commands: Any) -> Any:
+        sent = real_send_now(pipe, commands)
+        if sent is not None:
+            writes.append(("now", len(commands)))
+        return sent
+
     monkeypatch.setattr(RespPipe, "execute", counting_execute)
+    monkeypatch.setattr(RespPipe, "send_now", counting_send_now)
     return writes
 
 

@@ -7,14 +7,17 @@ import pytest
 from redis.exceptions import ResponseError
 
 from seatres.store.batching import PIPE_BATCH, TickBatcher
+from seatres.store.resp import RespPipe
 from tests.conftest import Backend, count_pipelines
 
 
-def test_one_round_trip_for_a_tick_of_calls(backend: Backend, resp_writes: list[int]) -> None:
-    """fakeredis: one redis-py pipeline for the whole tick; a cluster: one write on the
-    batcher's own connection to the key's node, and no redis-py pipeline."""
-    if backend.name == "real":
-        pytest.skip("a real single Redis: the RespPipe's writes, next test")
+def test_one_round_trip_for_a_tick_of_calls(
+    backend: Backend, resp_writes: list[tuple[str, int]]
+) -> None:
+    """fakeredis: one redis-py pipeline for the whole tick (a real Redis and a cluster
+    have connections of the batcher's own: next test)."""
+    if backend.name != "fake":
+        pytest.skip("the batcher's own connections: next test")
 
     async def run() -> tuple[list[Any], int]:
         redis = backend.make_async()
@@ -29,53 +32,56 @@ def test_one_round_trip_for_a_tick_of_calls(backend: Backend, resp_writes: list[
 
     replies, pipelines = asyncio.run(run())
     assert sorted(replies) == list(range(1, 101))
-    if backend.name == "cluster":
-        assert (resp_writes, pipelines) == ([100], 0)
-    else:
-        assert (resp_writes, pipelines) == ([], 1)
+    assert (resp_writes, pipelines) == ([], 1)
 
 
-@pytest.mark.single_redis("the RespPipe serves one redis-server only")
-def test_a_tick_of_calls_leaves_in_writes_of_pipe_batch(backend: Backend) -> None:
-    """A real single Redis: the tick's commands leave in writes of PIPE_BATCH, each
-    written as soon as it is full, the rest at the end of the tick."""
-    if backend.name != "real":
+def test_a_tick_of_calls_leaves_in_writes_of_pipe_batch(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real Redis, one server or a cluster (here every call on one key: one node): once
+    the batcher's connection is open, a tick's commands leave in writes of PIPE_BATCH,
+    each written as soon as it is full, the rest at the end of the tick; no redis-py
+    pipeline."""
+    if backend.name == "fake":
         pytest.skip("fakeredis has no RespPipe")
+    submitted = 0
+    writes: list[tuple[int, int]] = []  # (commands written at once, calls submitted by then)
+    real_send_now = RespPipe.send_now
 
-    async def run() -> tuple[list[Any], list[tuple[int, int]]]:
+    def counting_send_now(pipe: RespPipe, commands: Any) -> Any:
+        sent = real_send_now(pipe, commands)
+        if sent is not None:
+            writes.append((len(commands), submitted))
+        return sent
+
+    monkeypatch.setattr(RespPipe, "send_now", counting_send_now)
+
+    async def run() -> tuple[list[Any], int]:
+        nonlocal submitted
         redis = backend.make_async()
         batcher = TickBatcher(redis)
-        pipe = batcher._pipe
-        assert pipe is not None
-        await batcher.execute("PING")  # the connection is open: later batches go at once
-        submitted = 0
-        writes: list[tuple[int, int]] = []  # (commands written, calls submitted by then)
-        real_submit, real_send_now = batcher.submit, pipe.send_now
+        pipelines = count_pipelines(redis)
+        await batcher.execute("GET", "n")  # the connection opens: later batches go at once
+        writes.clear()
+        real_submit = batcher.submit
 
         async def counting_submit(*commands: Any) -> list[Any]:
             nonlocal submitted
             submitted += 1
             return await real_submit(*commands)
 
-        def counting_send_now(commands: Any) -> Any:
-            writes.append((len(commands), submitted))
-            sent = real_send_now(commands)
-            assert sent is not None  # written now, not through a task
-            return sent
-
         batcher.submit = counting_submit  # type: ignore[method-assign]
-        pipe.send_now = counting_send_now  # type: ignore[method-assign]
         try:
             replies = await asyncio.gather(*(batcher.execute("INCR", "n") for _ in range(100)))
         finally:
             await batcher.aclose()
             await redis.aclose()
-        return replies, writes
+        return replies, len(pipelines)
 
-    replies, writes = asyncio.run(run())
+    replies, pipelines = asyncio.run(run())
     assert sorted(replies) == list(range(1, 101))
     full = [(PIPE_BATCH, PIPE_BATCH * (i + 1)) for i in range(100 // PIPE_BATCH)]
-    assert writes == [*full, (100 % PIPE_BATCH, 100)]
+    assert (writes, pipelines) == ([*full, (100 % PIPE_BATCH, 100)], 0)
 
 
 @pytest.mark.single_redis("the RespPipe serves one redis-server only")

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -34,7 +35,7 @@ from seatres.jobs.runner import EXPIRE_JOB_ID, ExpiryScheduler, register_cron
 from seatres.jobs.sweep import _sweep_redis
 from seatres.settings import Settings, describe, parse_cluster_url
 from seatres.store import cluster_pipes, keys, scripts
-from seatres.store.batching import TickBatcher
+from seatres.store.batching import PIPE_BATCH, TickBatcher
 from seatres.store.cluster_pipes import ClusterPipes
 from seatres.store.connection import connect, connect_sync
 from seatres.store.redis_store import RedisStore
@@ -412,16 +413,37 @@ def _incr_in_one_tick(cluster: LocalCluster, names: list[str]) -> tuple[list[Any
     return asyncio.run(run())
 
 
-def test_a_tick_of_calls_goes_to_each_node_once(
-    cluster: LocalCluster, resp_writes: list[int]
+def test_a_tick_of_calls_goes_to_each_node_as_its_batches_fill(
+    cluster: LocalCluster, resp_writes: list[tuple[str, int]]
 ) -> None:
     """Each caller's command goes to the master of its key, on the batcher's own
-    connection to it: one write per master for the tick, no redis-py pipeline."""
+    connection to it: once those are open, every PIPE_BATCH calls of a tick are written
+    at once, one write per master they concern (as on one server), and no redis-py
+    pipeline is made."""
     events = events_on_every_master(cluster, "tick")
     names = [keys.event_keys(events[i % 3]).meta + ":n" for i in range(300)]
-    replies, pipelines = _incr_in_one_tick(cluster, names)
+
+    async def run() -> tuple[list[Any], int]:
+        client = connect(make_settings(redis_url=cluster.url))
+        batcher = TickBatcher(client)
+        try:
+            await asyncio.gather(*(batcher.execute("GET", name) for name in names[:3]))
+            resp_writes.clear()
+            pipelines = count_pipelines(client)
+            replies = await asyncio.gather(*(batcher.execute("INCR", n) for n in names))
+            return replies, len(pipelines)
+        finally:
+            await batcher.aclose()
+            await client.aclose()
+
+    replies, pipelines = asyncio.run(run())
     assert sorted(replies) == sorted(list(range(1, 101)) * 3)
-    assert (sorted(resp_writes), pipelines) == ([100, 100, 100], 0)
+    expected = []
+    for first in range(0, 300, PIPE_BATCH):
+        callers = range(first, min(first + PIPE_BATCH, 300))
+        by_master = Counter(i % 3 for i in callers)  # (in the order of their first caller)
+        expected += [("now", n) for n in by_master.values()]
+    assert (resp_writes, pipelines) == (expected, 0)
 
 
 def test_a_call_sent_to_the_wrong_node_goes_again_through_the_cluster_pipeline(
@@ -435,12 +457,13 @@ def test_a_call_sent_to_the_wrong_node_goes_again_through_the_cluster_pipeline(
     home = port_of_event(cluster, event)
 
     def elsewhere(client: Any, commands: Any) -> Any:
-        return next(n for n in client.get_primaries() if int(n.port) != home)
+        # (None before the client has learnt the slot map, as node_of answers then)
+        return next((n for n in client.get_primaries() if int(n.port) != home), None)
 
     monkeypatch.setattr(cluster_pipes, "node_of", elsewhere)
     replies, pipelines = _incr_in_one_tick(cluster, [key] * 20)
     assert sorted(replies) == list(range(1, 21))
-    assert pipelines == 1
+    assert pipelines == -(-20 // PIPE_BATCH)  # one for each batch of the tick
     with cluster.client(home) as node:
         assert node.get(key) == "20"
 
@@ -464,7 +487,7 @@ def test_a_node_that_cannot_be_reached_is_served_through_the_cluster_pipeline(
     monkeypatch.setattr(ClusterPipes, "_pipe", dead_pipe)
     replies, pipelines = _incr_in_one_tick(cluster, [key] * 20)
     assert sorted(replies) == list(range(1, 21))
-    assert pipelines == 1
+    assert pipelines == -(-20 // PIPE_BATCH)  # one for each batch of the tick
 
 
 def test_batches_in_flight_stay_below_each_nodes_connections(

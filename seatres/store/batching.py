@@ -19,7 +19,9 @@ tests) keeps redis-py's pipeline.
 
 On a Redis Cluster a batch goes to each primary over a connection of the batcher's own
 too (seatres.store.cluster_pipes: each caller's commands to the node of their keys),
-and what a node cannot answer (a redirection, a lost connection) goes again through
+written the same way, in writes of PIPE_BATCH callers each made the moment it is full
+(each to the nodes its callers concern), once those connections are open; what a node
+cannot answer (a redirection, a lost connection) goes again through
 redis-py's ClusterPipeline, which follows MOVED, ASK and TRYAGAIN and learns the slot
 map anew. Two things are added to that pipeline here: no more batches in flight than
 each node has connections (redis-py's cluster client raises when a node has none free,
@@ -36,7 +38,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from seatres.store.cluster_pipes import ClusterPipes, node_of
+from seatres.store.cluster_pipes import ClusterPipes, Written, node_of
 from seatres.store.resp import RespPipe, as_redis_py_would
 
 MAX_BATCH = 512
@@ -78,7 +80,8 @@ class TickBatcher:
         else:
             self._pipe = RespPipe.for_client(redis)
         if max_batch is None:
-            max_batch = PIPE_BATCH if self._pipe is not None else MAX_BATCH
+            own = self._pipe is not None or self._cluster_pipes is not None
+            max_batch = PIPE_BATCH if own else MAX_BATCH
         self._max_batch = max_batch
 
     async def aclose(self) -> None:
@@ -113,17 +116,22 @@ class TickBatcher:
         batch, self._pending, self._pending_commands = self._pending, [], 0
         if not batch:
             return
+        # written now on the open connections; by a task (which connects first) otherwise
         if self._pipe is not None:
-            # written now on the open connection; a task (which connects first) otherwise
             commands = _commands(batch)
             sent = self._pipe.send_now(commands)
             if sent is not None:
                 sent.add_done_callback(partial(self._sent, batch, commands))
                 return
+        elif self._cluster_pipes is not None:
+            written = self._cluster_pipes.send_now([commands for commands, _ in batch])
+            if written is not None:
+                self._start_send(batch, written)
+                return
         self._start_send(batch)
 
-    def _start_send(self, batch: Batch) -> None:
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+    def _start_send(self, batch: Batch, written: Written | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(batch, written))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
@@ -139,10 +147,15 @@ class TickBatcher:
             return
         _answer(batch, as_redis_py_would(self._redis.response_callbacks, commands, sent.result()))
 
-    async def _send(self, batch: Batch) -> None:
+    async def _send(self, batch: Batch, written: Written | None = None) -> None:
+        """Sends the batch (a cluster's: unless _flush has `written` it) and answers its
+        callers."""
         try:
             if self._cluster_pipes is not None:
-                parts = await self._cluster_pipes.send([commands for commands, _ in batch])
+                if written is None:
+                    parts = await self._cluster_pipes.send([commands for commands, _ in batch])
+                else:
+                    parts = await self._cluster_pipes.replies(written)
                 replies = [reply for part in parts for reply in part]
             elif self._pipe is not None:
                 commands = _commands(batch)

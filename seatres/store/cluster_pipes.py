@@ -9,10 +9,12 @@ old and new code one after the other, each way round, burst 11,731 -> 14,504 and
 
 How: each caller's commands go to the primary that holds their keys' slot, as redis-py
 would route them (a TIME sent with a keyed read goes with it, so the read and the clock
-come from one server), on that node's RespPipe, all nodes at once. What a node does not
-answer goes again, together, through redis-py's cluster pipeline, which follows the
-redirection, learns the slot map anew and retries under the client's policy, exactly as
-every batch did before:
+come from one server), on that node's RespPipe, all nodes at once. When the nodes'
+connections are open, `send_now` writes a batch before it returns, as RespPipe.send_now
+does on one server, so that TickBatcher can write a tick's batches as they fill. What a
+node does not answer goes again, together, through redis-py's cluster pipeline, which
+follows the redirection, learns the slot map anew and retries under the client's policy,
+exactly as every batch did before:
 - a reply that says the slot is not served there now: MOVED, ASK, TRYAGAIN, CLUSTERDOWN;
 - every command of a node whose connection failed, timed out or sent what could not be
   read (the node pipes do not retry on their own: the cluster client's policy decides);
@@ -43,6 +45,18 @@ from seatres.store.resp import Command, RespPipe, as_redis_py_would, target_of
 _ELSEWHERE = (AskError, TryAgainError, ClusterDownError)  # AskError covers MOVED
 
 SendSlowly = Callable[[list[list[Command]]], Awaitable[list[Any]]]
+_ByNode = dict[str, tuple[RespPipe, list[int]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """A batch on its way: each node's callers (indexes in `groups`) with what their
+    replies will come in, and the callers that go through the cluster pipeline."""
+
+    groups: Sequence[list[Command]]
+    by_node: _ByNode
+    sent: Sequence[Awaitable[list[Any]]]
+    slow: list[int]
 
 
 class ClusterPipes:
@@ -60,24 +74,48 @@ class ClusterPipes:
     async def send(self, groups: Sequence[list[Command]]) -> list[list[Any]]:
         """The replies of each caller's commands (a group), in order; error replies are
         exception objects in the lists."""
-        cluster = self._cluster
-        await cluster.initialize()  # at once when done: routing needs the slot map
-        by_node: dict[str, tuple[RespPipe, list[int]]] = {}
+        await self._cluster.initialize()  # at once when done: routing needs the slot map
+        by_node, slow = self._route(groups)
+        sent = [pipe.execute(_joined(groups, callers)) for pipe, callers in by_node.values()]
+        return await self.replies(Written(groups, by_node, sent, slow))
+
+    def send_now(self, groups: Sequence[list[Command]]) -> Written | None:
+        """As `send`, with the commands written before it returns, on the connections
+        already open (as RespPipe.send_now on one server): `replies` then waits for
+        their replies. None, with nothing written, when a node it would write to has no
+        open connection or no caller has a node (a slot map not learnt yet): `send`
+        connects first."""
+        by_node, slow = self._route(groups)
+        if not by_node or not all(pipe.connected for pipe, _ in by_node.values()):
+            return None
+        sent = []
+        for pipe, callers in by_node.values():
+            future = pipe.send_now(_joined(groups, callers))
+            assert future is not None  # (connected, as checked above)
+            sent.append(future)
+        return Written(groups, by_node, sent, slow)
+
+    def _route(self, groups: Sequence[list[Command]]) -> tuple[_ByNode, list[int]]:
+        """Callers (their indexes in `groups`) by the node pipe that serves them, and
+        those that go through the cluster pipeline."""
+        by_node: _ByNode = {}
         slow: list[int] = []
         for i, commands in enumerate(groups):
-            node = node_of(cluster, commands)
+            node = node_of(self._cluster, commands)
             pipe = self._pipe(node) if node is not None else None
             if node is None or pipe is None:
                 slow.append(i)
             else:
                 by_node.setdefault(node.name, (pipe, []))[1].append(i)
-        sent = [
-            pipe.execute([command for i in callers for command in groups[i]])
-            for pipe, callers in by_node.values()
-        ]
+        return by_node, slow
+
+    async def replies(self, written: Written) -> list[list[Any]]:
+        """Each caller's replies from its node, and through the cluster pipeline for
+        the callers no node serves and those their node did not answer."""
+        groups, by_node, slow = written.groups, written.by_node, list(written.slow)
         results: list[list[Any]] = [[] for _ in groups]
-        callbacks = cluster.response_callbacks
-        outcomes = await asyncio.gather(*sent, return_exceptions=True)
+        callbacks = self._cluster.response_callbacks
+        outcomes = await asyncio.gather(*written.sent, return_exceptions=True)
         for (_, callers), outcome in zip(by_node.values(), outcomes, strict=True):
             if isinstance(outcome, Exception):  # (a lost connection, a garbled stream)
                 slow += callers
@@ -111,6 +149,10 @@ class ClusterPipes:
             pipe = RespPipe(dataclasses.replace(target, retry=Retry(NoBackoff(), 0)))
         self._pipes[node.name] = pipe
         return pipe
+
+
+def _joined(groups: Sequence[list[Command]], callers: list[int]) -> list[Command]:
+    return [command for i in callers for command in groups[i]]
 
 
 def node_of(cluster: RedisCluster, commands: list[Command]) -> ClusterNode | None:

@@ -316,6 +316,12 @@ class RespPipe:
         if connection is not None:
             await connection.close()
 
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open: what `send_now` writes on."""
+        connection = self._connection
+        return connection is not None and connection.broken is None
+
     def send_now(self, commands: Sequence[Command]) -> "asyncio.Future[list[Any]] | None":
         """Writes `commands` at once on the open connection and returns the future of
         their replies (failed with ConnectionError or TimeoutError if the connection is
