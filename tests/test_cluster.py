@@ -395,15 +395,22 @@ def batcher_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     return str(request.param)
 
 
-def _incr_in_one_tick(cluster: LocalCluster, names: list[str]) -> tuple[list[Any], int]:
-    """INCR of each key, all in one tick of a TickBatcher on a new cluster client: the
-    replies, and how many redis-py cluster pipelines the client made."""
+def _incr_in_one_tick(
+    cluster: LocalCluster, names: list[str], writes: list[tuple[str, int]] | None = None
+) -> tuple[list[Any], int]:
+    """INCR of each key, all in one tick of a TickBatcher on a new cluster client, once a
+    GET of each key has opened the batcher's connections: the replies, and how many
+    redis-py cluster pipelines the client made for the tick (`writes`, the resp_writes
+    fixture's list, is emptied before it)."""
 
     async def run() -> tuple[list[Any], int]:
         client = connect(make_settings(redis_url=cluster.url))
-        pipelines = count_pipelines(client)
         batcher = TickBatcher(client)
         try:
+            await asyncio.gather(*(batcher.execute("GET", name) for name in set(names)))
+            if writes is not None:
+                writes.clear()
+            pipelines = count_pipelines(client)
             replies = await asyncio.gather(*(batcher.execute("INCR", n) for n in names))
             return replies, len(pipelines)
         finally:
@@ -422,21 +429,7 @@ def test_a_tick_of_calls_goes_to_each_node_as_its_batches_fill(
     pipeline is made."""
     events = events_on_every_master(cluster, "tick")
     names = [keys.event_keys(events[i % 3]).meta + ":n" for i in range(300)]
-
-    async def run() -> tuple[list[Any], int]:
-        client = connect(make_settings(redis_url=cluster.url))
-        batcher = TickBatcher(client)
-        try:
-            await asyncio.gather(*(batcher.execute("GET", name) for name in names[:3]))
-            resp_writes.clear()
-            pipelines = count_pipelines(client)
-            replies = await asyncio.gather(*(batcher.execute("INCR", n) for n in names))
-            return replies, len(pipelines)
-        finally:
-            await batcher.aclose()
-            await client.aclose()
-
-    replies, pipelines = asyncio.run(run())
+    replies, pipelines = _incr_in_one_tick(cluster, names, resp_writes)
     assert sorted(replies) == sorted(list(range(1, 101)) * 3)
     expected = []
     for first in range(0, 300, PIPE_BATCH):
@@ -450,8 +443,8 @@ def test_a_call_sent_to_the_wrong_node_goes_again_through_the_cluster_pipeline(
     cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A master that does not hold the slot answers MOVED (the batcher's slot map is out
-    of date): the call goes again through redis-py's cluster pipeline, which follows the
-    redirection. Each call runs once, on the right master."""
+    of date) to calls written at once: they go again through redis-py's cluster
+    pipeline, which follows the redirection. Each call runs once, on the right master."""
     event = events_on_every_master(cluster, "moved")[0]
     key = keys.event_keys(event).meta + ":n"
     home = port_of_event(cluster, event)
