@@ -67,6 +67,7 @@ class TickBatcher:
         self._pending_commands = 0
         self._sending: set[asyncio.Task[None]] = set()
         self._cluster_pipes: ClusterPipes | None = None
+        self._tick_waits = False  # a cluster batch of this tick could not be written at once
         self._pipe: RespPipe | None = None
         self._in_flight: asyncio.Semaphore | None = None
         self._wait_seconds = 2.0
@@ -109,26 +110,45 @@ class TickBatcher:
         self._pending.append((list(commands), future))
         self._pending_commands += len(commands)
         if self._pending_commands >= self._max_batch:
-            self._flush()
+            self._flush(full=True)
         return await future
 
-    def _flush(self) -> None:
-        batch, self._pending, self._pending_commands = self._pending, [], 0
-        if not batch:
+    def _flush(self, full: bool = False) -> None:
+        """Sends what is pending: `full`, a batch filled in the middle of the tick; else
+        the rest of the tick, at its end. Written now on the open connections; by a task
+        (which connects first) otherwise."""
+        if not self._pending:
             return
-        # written now on the open connections; by a task (which connects first) otherwise
+        if self._cluster_pipes is not None:
+            self._flush_to_cluster(self._cluster_pipes, full)
+            return
+        batch, self._pending, self._pending_commands = self._pending, [], 0
         if self._pipe is not None:
             commands = _commands(batch)
             sent = self._pipe.send_now(commands)
             if sent is not None:
                 sent.add_done_callback(partial(self._sent, batch, commands))
                 return
-        elif self._cluster_pipes is not None:
-            written = self._cluster_pipes.send_now([commands for commands, _ in batch])
-            if written is not None:
-                self._start_send(batch, written)
-                return
         self._start_send(batch)
+
+    def _flush_to_cluster(self, pipes: ClusterPipes, full: bool) -> None:
+        """A batch that cannot be written at once (a primary without its open connection,
+        a slot not in the map) does not leave in the middle of the tick: the tick's calls
+        go together at its end, through ClusterPipes.send, which brings the slot map up to
+        date first, as every batch on a cluster did before they were written as they
+        filled (so a failover is learnt as soon as before, and its fallbacks are one
+        cluster pipeline a tick, not one a batch)."""
+        small = self._pending_commands < MAX_BATCH
+        if full and small and self._tick_waits:
+            return
+        written = pipes.send_now([commands for commands, _ in self._pending])
+        if written is None and full and small:
+            self._tick_waits = True
+            return
+        if not full:
+            self._tick_waits = False
+        batch, self._pending, self._pending_commands = self._pending, [], 0
+        self._start_send(batch, written)
 
     def _start_send(self, batch: Batch, written: Written | None = None) -> None:
         task = asyncio.get_running_loop().create_task(self._send(batch, written))
