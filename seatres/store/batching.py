@@ -138,15 +138,15 @@ class TickBatcher:
         date first, as every batch on a cluster did before they were written as they
         filled (so a failover is learnt as soon as before, and its fallbacks are one
         cluster pipeline a tick, not one a batch)."""
-        small = self._pending_commands < MAX_BATCH
-        if full and small and self._tick_waits:
+        may_wait = full and self._pending_commands < MAX_BATCH
+        if may_wait and self._tick_waits:
             return
         written = pipes.send_now([commands for commands, _ in self._pending])
-        if written is None and full and small:
+        if written is None and may_wait:
             self._tick_waits = True
             return
         if not full:
-            self._tick_waits = False
+            self._tick_waits = False  # (the tick's end)
         batch, self._pending, self._pending_commands = self._pending, [], 0
         self._start_send(batch, written)
 

@@ -319,22 +319,23 @@ class RespPipe:
     @property
     def connected(self) -> bool:
         """Whether a connection is open: what `send_now` writes on."""
+        return self._live() is not None
+
+    def _live(self) -> "_Connection | None":
         connection = self._connection
-        return connection is not None and connection.broken is None
+        return connection if connection is not None and connection.broken is None else None
 
     def send_now(self, commands: Sequence[Command]) -> "asyncio.Future[list[Any]] | None":
         """Writes `commands` at once on the open connection and returns the future of
         their replies (failed with ConnectionError or TimeoutError if the connection is
         lost first, with no retry); None when no connection is open: `execute` opens one."""
-        connection = self._connection
-        if connection is None or connection.broken is not None or not commands:
+        connection = self._live()
+        if connection is None or not commands:
             return None
         return connection.send(self._packer.pack_commands(commands)[0], len(commands))
 
     async def _attempt(self, packed: bytes, count: int) -> list[Any]:
-        connection = self._connection
-        if connection is None or connection.broken is not None:
-            connection = await self._connect()
+        connection = self._live() or await self._connect()
         return await connection.send(packed, count)
 
     async def _after_failure(self, error: Exception) -> None:
