@@ -13,6 +13,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import orjson
@@ -81,6 +82,11 @@ IDEMPOTENCY_MISMATCH = -8
 
 # An event claimed by a sweep that died is handed to another sweep after this long.
 SWEEP_LEASE_MS = 90_000
+# A script call that hears NOSCRIPT loads the script and sends again, this many times in
+# all: the load it joined may have reached a master of a cluster before that master's
+# flush (SCRIPT FLUSH on each master in turn); a later one started after it ended, so
+# after that flush. (Not seen yet: what CI saw was a finished load joined, see _load.)
+NOSCRIPT_ATTEMPTS = 3
 
 
 def _error_for(code: int, payload: Sequence[Any], what: str) -> DomainError:
@@ -210,6 +216,8 @@ def _as_unavailable(exc: BaseException) -> StoreUnavailable | None:
         if _raised_in_a_redis_connection(exc):
             return StoreUnavailable(f"Redis connection closed while in use: {exc}")
         return None
+    if isinstance(exc, NoScriptError):  # (after NOSCRIPT_ATTEMPTS: flushed again and again)
+        return StoreUnavailable(f"Redis keeps losing its scripts: {exc}")
     if isinstance(exc, OutOfMemoryError):  # maxmemory with noeviction: nothing was written
         return StoreUnavailable(f"Redis is out of memory: {exc}")
     if isinstance(exc, ResponseError) and _TRANSIENT.search(str(exc)):
@@ -278,11 +286,18 @@ class RedisStore:
         got NOSCRIPT at the same moment: after a restart or a slot moved to a node with
         an empty script cache, a burst would otherwise send one load per request."""
         loading = self._loading.get(s.name)
-        if loading is None:
+        # A finished load whose callback has yet to drop it is not joined: a caller that
+        # heard NOSCRIPT from a flush after it would send again into the same NOSCRIPT
+        # (a 500 in CI under SCRIPT FLUSH on a cluster, session 14).
+        if loading is None or loading.done():
             loading = asyncio.ensure_future(self._redis.script_load(s.source))
             self._loading[s.name] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(s.name, None))
+            loading.add_done_callback(partial(self._loaded, s.name))
         await asyncio.shield(loading)
+
+    def _loaded(self, name: str, loading: "asyncio.Future[Any]") -> None:
+        if self._loading.get(name) is loading:
+            del self._loading[name]
 
     async def _run(self, name: str, script_keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """EVALSHA through the tick batcher; NOSCRIPT loads the script and sends again."""
@@ -290,7 +305,7 @@ class RedisStore:
         call = ("EVALSHA", s.sha, len(script_keys), *script_keys, *args)
         started = time.perf_counter()
         with _unavailable_on_failure:
-            for _ in range(2):
+            for _ in range(NOSCRIPT_ATTEMPTS):
                 (reply,) = await self._batcher.submit(call)
                 if not isinstance(reply, NoScriptError):
                     break
