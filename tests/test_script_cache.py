@@ -60,8 +60,8 @@ def test_a_burst_that_hears_noscript_loads_the_script_once(backend: Backend) -> 
 
 
 def test_a_flush_after_the_load_a_caller_waited_for_is_loaded_again(backend: Backend) -> None:
-    """The CI failure of session 14: the load a caller joined had reached the node before
-    that node's flush, so its second call heard NOSCRIPT too."""
+    """The load a caller waited for reached the node before that node's next flush, so
+    its second call hears NOSCRIPT too: a third follows a new load."""
 
     async def body(store: RedisStore, client: Any) -> None:
         flushes = [1]  # the first load is flushed as soon as it is answered

@@ -288,7 +288,7 @@ class RedisStore:
         loading = self._loading.get(s.name)
         # A finished load whose callback has yet to drop it is not joined: a caller that
         # heard NOSCRIPT from a flush after it would send again into the same NOSCRIPT
-        # (a 500 in CI under SCRIPT FLUSH on a cluster, session 14).
+        # (seen in CI: a 500 under SCRIPT FLUSH on a cluster).
         if loading is None or loading.done():
             loading = asyncio.ensure_future(self._redis.script_load(s.source))
             self._loading[s.name] = loading
