@@ -20,6 +20,7 @@ off in the middle of some phases and not others); the AOF itself is kept, as in 
 The invariant checks of bench/burst.py are not repeated here: run it for those."""
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -74,13 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, bench_args = parse_args(argv)
     benches: dict[str, burst.Bench] = {}
     rows: dict[tuple[str, str], list[Row]] = {}
+    workdirs = {name: Path(tempfile.mkdtemp(prefix=f"seatres-ab-{name}-")) for name in "ab"}
     try:
-        a = burst.Bench(bench_args, Path(tempfile.mkdtemp(prefix="seatres-ab-a-")), args.old)
+        a = burst.Bench(bench_args, workdirs["a"], args.old)
         a.start()
         benches["A"] = a
-        b = burst.Bench(
-            bench_args, Path(tempfile.mkdtemp(prefix="seatres-ab-b-")), ROOT, a.redis_server
-        )
+        b = burst.Bench(bench_args, workdirs["b"], ROOT, a.redis_server)
         b.start()
         benches["B"] = b
         assert a.client is not None
@@ -106,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("B", "A"):  # B uses A's Redis
             if name in benches:
                 benches[name].stop()
+        for workdir in workdirs.values():  # A's holds the Redis data: hundreds of MB
+            shutil.rmtree(workdir, ignore_errors=True)
     print()
     for name, label in (("A", f"A ({args.old})"), ("B", "B (this tree)")):
         hz, bu = rows[(name, "healthz")], rows[(name, "burst")]

@@ -1558,15 +1558,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def raise_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: the bench stops every process it started."""
+    raise KeyboardInterrupt
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_sigterm)
-    workdir = Path(tempfile.mkdtemp(prefix="seatres-bench-"))
-    report = Report(
+def new_report(args: argparse.Namespace) -> Report:
+    """An empty report of a run with these options."""
+    return Report(
         settings={
             "workers": args.workers,
             "connections": args.connections,
@@ -1581,13 +1580,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python": platform.python_version(),
         }
     )
+
+
+def run_all(
+    args: argparse.Namespace, workdir: Path, report: Report, code: Path | None = None
+) -> int:
+    """Every phase into `report`, the server running the seatres of `code` (default: the
+    one this bench imports). EXIT_OK, or the exit status when the bench could not run or
+    was interrupted (the work folder is then kept)."""
     status = EXIT_OK
     bench: Bench | None = None
     try:
         ensure_tools()
         report.settings["wrk"] = tool_version(["wrk", "-v"])
         report.settings["redis_benchmark"] = tool_version(["redis-benchmark", "--version"])
-        bench = Bench(args, workdir)
+        bench = Bench(args, workdir, code)
         run(args, bench, report)
     except BenchError as exc:
         log(f"the bench could not run: {exc}")
@@ -1601,10 +1608,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bench is not None:
             bench.stop()
             log("stopped every process the bench started")
-    if status in (EXIT_CANNOT_RUN, 130):
+    if status != EXIT_OK:
         log(f"work folder kept: {workdir}")
-        return status
+    return status
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    workdir = Path(tempfile.mkdtemp(prefix="seatres-bench-"))
+    report = new_report(args)
+    status = run_all(args, workdir, report)
+    if status != EXIT_OK:
+        return status
     report.compute_ratios()
     to_stdout = args.json == "-"
     report.print_table(sys.stderr if to_stdout else sys.stdout)

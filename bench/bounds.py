@@ -1,0 +1,120 @@
+"""How far could issue 6's ratios go if Redis did (almost) nothing? bench/burst.py with
+the server running a copy of this tree's seatres whose scripts are cut short:
+
+    .venv/bin/python bench/bounds.py [--variant reserve|transitions|both] [burst options]
+
+- `reserve`: reserve.lua answers -3 ("every seat asked is taken") before anything else.
+  The burst is then all 409s, each one the least work a script call can be: what is left
+  is the HTTP request, the token, the body, the domain's checks and the Redis round
+  trip. Its reserve / healthz is the most any Redis-side change could reach.
+- `transitions`: confirm.lua and cancel.lua answer the stored reservation unchanged
+  ({2, json}, "already in that state": 200) after one HGET. The workers do what they do
+  for a real confirm or cancel (the same request, the same reply decoded and rendered,
+  a few dozen bytes shorter), Redis changes nothing. Against the real burst of the same
+  run, their ratio is what confirm and cancel would reach if a state change cost Redis
+  no more than a read.
+
+Each variant is one whole bench/burst.py run (about 2.5 minutes). The checks of the
+phases whose script is cut short are left out (their answers are not what Redis holds,
+by design); every other check still runs and fails the run as in bench/burst.py.
+The Redis rows (redis-benchmark) run the real scripts in both variants."""
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import burst
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# script -> (the line the cut goes before, the cut)
+CUTS = {
+    "reserve": {
+        "reserve.lua": ("if ARGV[6] == '' then\n", "do return -3 end\n"),
+    },
+    "transitions": {
+        name: (
+            "local K = event_keys()\n",
+            "do return {2, redis.call('HGET', KEYS[4], ARGV[1])} end\n",
+        )
+        for name in ("confirm.lua", "cancel.lua")
+    },
+}
+# the checks of the phases each variant cuts short (bench/burst.py's Check names)
+SKIPPED_CHECKS = {
+    "reserve": {"reserve burst"},
+    "transitions": {"confirm phase", "cancel phase"},
+}
+RATIOS = {
+    "reserve": ("reserve / healthz",),
+    "transitions": ("confirm / reserve", "cancel / reserve"),
+}
+
+
+def cut_copy(variant: str, into: Path) -> Path:
+    """A copy of this tree's seatres package in `into`, its scripts cut for `variant`."""
+    shutil.copytree(
+        ROOT / "seatres", into / "seatres", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name, (before, cut) in CUTS[variant].items():
+        path = into / "seatres" / "lua" / name
+        text = path.read_text()
+        if text.count(before) != 1:
+            raise SystemExit(f"bench/bounds.py: {name} no longer has one {before.strip()!r} line")
+        path.write_text(text.replace(before, cut + before))
+    return into
+
+
+def run_variant(variant: str, bench_args: argparse.Namespace) -> int:
+    burst.log(f"variant {variant}: scripts cut short: {', '.join(CUTS[variant])}")
+    copy_dir = Path(tempfile.mkdtemp(prefix=f"seatres-bounds-{variant}-"))
+    workdir = Path(tempfile.mkdtemp(prefix="seatres-bench-"))
+    try:
+        report = burst.new_report(bench_args)
+        report.settings["variant"] = variant
+        status = burst.run_all(bench_args, workdir, report, cut_copy(variant, copy_dir))
+    finally:
+        shutil.rmtree(copy_dir, ignore_errors=True)
+    if status != burst.EXIT_OK:
+        return status
+    report.checks = [c for c in report.checks if c.name not in SKIPPED_CHECKS[variant]]
+    report.compute_ratios()
+    print(f"\n== variant {variant}: {', '.join(CUTS[variant])} cut short ==")
+    report.print_table(sys.stdout)
+    for key in RATIOS[variant]:
+        print(f"  bound, {key}: {report.ratios.get(key, 0):.2f}")
+    if report.broken or report.unexpected:
+        burst.log(f"FAILED: variant {variant}: a check that still applies failed (see above)")
+        burst.log(f"work folder kept: {workdir}")
+        return burst.EXIT_BROKEN
+    shutil.rmtree(workdir, ignore_errors=True)
+    return burst.EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="bench/bounds.py",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+        epilog="Any other option is bench/burst.py's (--workers, --connections, --duration, ...).",
+    )
+    p.add_argument("--variant", choices=(*CUTS, "both"), default="both", help="(both)")
+    args, rest = p.parse_known_args(argv)
+    bench_args = burst.parse_args(rest)
+    if bench_args.cluster or bench_args.json or bench_args.keep:
+        p.error("--cluster, --json and --keep are bench/burst.py's alone")
+    signal.signal(signal.SIGTERM, burst.raise_interrupt)
+    status = burst.EXIT_OK
+    for variant in CUTS if args.variant == "both" else (args.variant,):
+        status = run_variant(variant, bench_args) or status
+        if status in (burst.EXIT_CANNOT_RUN, 130):
+            break
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
