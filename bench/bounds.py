@@ -1,12 +1,14 @@
 """How far could issue 6's ratios go if Redis did (almost) nothing? bench/burst.py with
-the server running a copy of this tree's seatres whose scripts are cut short:
+the server running a copy of this tree's seatres whose scripts (or store) are cut short:
 
-    .venv/bin/python bench/bounds.py [--variant reserve|transitions|both] [burst options]
+    .venv/bin/python bench/bounds.py [--variant reserve|no-redis|transitions|all] [burst options]
 
 - `reserve`: reserve.lua answers -3 ("every seat asked is taken") before anything else.
   The burst is then all 409s, each one the least work a script call can be: what is left
   is the HTTP request, the token, the body, the domain's checks and the Redis round
   trip. Its reserve / healthz is the most any Redis-side change could reach.
+- `no-redis`: RedisStore.reserve answers "taken" itself, before building the call: the
+  same 409s without the round trip. Against `reserve`, what one round trip costs.
 - `transitions`: confirm.lua and cancel.lua answer the stored reservation unchanged
   ({2, json}, "already in that state": 200) after one HGET. The workers do what they do
   for a real confirm or cancel (the same request, the same reply decoded and rendered,
@@ -15,9 +17,9 @@ the server running a copy of this tree's seatres whose scripts are cut short:
   no more than a read.
 
 Each variant is one whole bench/burst.py run (about 2.5 minutes). The checks of the
-phases whose script is cut short are left out (their answers are not what Redis holds,
-by design); every other check still runs and fails the run as in bench/burst.py.
-The Redis rows (redis-benchmark) run the real scripts in both variants."""
+phases cut short are left out (their answers are not what Redis holds, by design);
+every other check still runs and fails the run as in bench/burst.py. The Redis rows
+(redis-benchmark) run the real scripts in every variant."""
 
 import argparse
 import shutil
@@ -31,13 +33,20 @@ import burst
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# script -> (the line the cut goes before, the cut)
+# file of the seatres package -> (the line the cut goes before, the cut)
 CUTS = {
     "reserve": {
-        "reserve.lua": ("if ARGV[6] == '' then\n", "do return -3 end\n"),
+        "lua/reserve.lua": ("if ARGV[6] == '' then\n", "do return -3 end\n"),
+    },
+    "no-redis": {
+        "store/redis_store.py": (
+            "        extra_key, idempotency_args = self._idempotency(event_id, customer_id, "
+            "idempotency)\n",
+            '        raise _refusal(SEATS_TAKEN, list(seat_ids), "Event", False)\n',
+        ),
     },
     "transitions": {
-        name: (
+        f"lua/{name}": (
             "local K = event_keys()\n",
             "do return {2, redis.call('HGET', KEYS[4], ARGV[1])} end\n",
         )
@@ -47,10 +56,12 @@ CUTS = {
 # the checks of the phases each variant cuts short (bench/burst.py's Check names)
 SKIPPED_CHECKS = {
     "reserve": {"reserve burst"},
+    "no-redis": {"reserve burst"},
     "transitions": {"confirm phase", "cancel phase"},
 }
 RATIOS = {
     "reserve": ("reserve / healthz",),
+    "no-redis": ("reserve / healthz",),
     "transitions": ("confirm / reserve", "cancel / reserve"),
 }
 
@@ -61,7 +72,7 @@ def cut_copy(variant: str, into: Path) -> Path:
         ROOT / "seatres", into / "seatres", ignore=shutil.ignore_patterns("__pycache__")
     )
     for name, (before, cut) in CUTS[variant].items():
-        path = into / "seatres" / "lua" / name
+        path = into / "seatres" / name
         text = path.read_text()
         if text.count(before) != 1:
             raise SystemExit(f"bench/bounds.py: {name} no longer has one {before.strip()!r} line")
@@ -70,7 +81,7 @@ def cut_copy(variant: str, into: Path) -> Path:
 
 
 def run_variant(variant: str, bench_args: argparse.Namespace) -> int:
-    burst.log(f"variant {variant}: scripts cut short: {', '.join(CUTS[variant])}")
+    burst.log(f"variant {variant}: cut short: {', '.join(CUTS[variant])}")
     copy_dir = Path(tempfile.mkdtemp(prefix=f"seatres-bounds-{variant}-"))
     workdir = Path(tempfile.mkdtemp(prefix="seatres-bench-"))
     try:
@@ -102,14 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawTextHelpFormatter,
         epilog="Any other option is bench/burst.py's (--workers, --connections, --duration, ...).",
     )
-    p.add_argument("--variant", choices=(*CUTS, "both"), default="both", help="(both)")
+    p.add_argument("--variant", choices=(*CUTS, "all"), default="all", help="(all)")
     args, rest = p.parse_known_args(argv)
     bench_args = burst.parse_args(rest)
     if bench_args.cluster or bench_args.json or bench_args.keep:
         p.error("--cluster, --json and --keep are bench/burst.py's alone")
     signal.signal(signal.SIGTERM, burst.raise_interrupt)
     status = burst.EXIT_OK
-    for variant in CUTS if args.variant == "both" else (args.variant,):
+    for variant in CUTS if args.variant == "all" else (args.variant,):
         status = run_variant(variant, bench_args) or status
         if status in (burst.EXIT_CANNOT_RUN, 130):
             break
