@@ -106,8 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("B", "A"):  # B uses A's Redis
             if name in benches:
                 benches[name].stop()
-        for workdir in workdirs.values():  # A's holds the Redis data: hundreds of MB
-            shutil.rmtree(workdir, ignore_errors=True)
+    # (kept when the run fails, for their logs) A's holds the Redis data: hundreds of MB
+    for workdir in workdirs.values():
+        shutil.rmtree(workdir, ignore_errors=True)
     print()
     for name, label in (("A", f"A ({args.old})"), ("B", "B (this tree)")):
         hz, bu = rows[(name, "healthz")], rows[(name, "burst")]

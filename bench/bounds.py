@@ -67,7 +67,7 @@ RATIOS = {
 
 
 def cut_copy(variant: str, into: Path) -> Path:
-    """A copy of this tree's seatres package in `into`, its scripts cut for `variant`."""
+    """A copy of this tree's seatres package in `into`, cut short for `variant`."""
     shutil.copytree(
         ROOT / "seatres", into / "seatres", ignore=shutil.ignore_patterns("__pycache__")
     )
