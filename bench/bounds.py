@@ -28,41 +28,48 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import burst
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# file of the seatres package -> (the line the cut goes before, the cut)
-CUTS = {
-    "reserve": {
-        "lua/reserve.lua": ("if ARGV[6] == '' then\n", "do return -3 end\n"),
-    },
-    "no-redis": {
-        "store/redis_store.py": (
-            "        extra_key, idempotency_args = self._idempotency(event_id, customer_id, "
-            "idempotency)\n",
-            '        raise _refusal(SEATS_TAKEN, list(seat_ids), "Event", False)\n',
-        ),
-    },
-    "transitions": {
-        f"lua/{name}": (
-            "local K = event_keys()\n",
-            "do return {2, redis.call('HGET', KEYS[4], ARGV[1])} end\n",
-        )
-        for name in ("confirm.lua", "cancel.lua")
-    },
-}
-# the checks of the phases each variant cuts short (bench/burst.py's Check names)
-SKIPPED_CHECKS = {
-    "reserve": {"reserve burst"},
-    "no-redis": {"reserve burst"},
-    "transitions": {"confirm phase", "cancel phase"},
-}
-RATIOS = {
-    "reserve": ("reserve / healthz",),
-    "no-redis": ("reserve / healthz",),
-    "transitions": ("confirm / reserve", "cancel / reserve"),
+
+class Variant(NamedTuple):
+    # file of the seatres package -> (the line the cut goes before, the cut)
+    cuts: dict[str, tuple[str, str]]
+    skipped_checks: set[str]  # of the phases cut short (bench/burst.py's Check names)
+    ratios: tuple[str, ...]  # the bounds it measures (Report.ratios keys)
+
+
+VARIANTS = {
+    "reserve": Variant(
+        {"lua/reserve.lua": ("if ARGV[6] == '' then\n", "do return -3 end\n")},
+        {"reserve burst"},
+        ("reserve / healthz",),
+    ),
+    "no-redis": Variant(
+        {
+            "store/redis_store.py": (
+                "        extra_key, idempotency_args = self._idempotency(event_id, customer_id, "
+                "idempotency)\n",
+                '        raise _refusal(SEATS_TAKEN, list(seat_ids), "Event", False)\n',
+            )
+        },
+        {"reserve burst"},
+        ("reserve / healthz",),
+    ),
+    "transitions": Variant(
+        {
+            f"lua/{name}": (
+                "local K = event_keys()\n",
+                "do return {2, redis.call('HGET', KEYS[4], ARGV[1])} end\n",
+            )
+            for name in ("confirm.lua", "cancel.lua")
+        },
+        {"confirm phase", "cancel phase"},
+        ("confirm / reserve", "cancel / reserve"),
+    ),
 }
 
 
@@ -71,7 +78,7 @@ def cut_copy(variant: str, into: Path) -> Path:
     shutil.copytree(
         ROOT / "seatres", into / "seatres", ignore=shutil.ignore_patterns("__pycache__")
     )
-    for name, (before, cut) in CUTS[variant].items():
+    for name, (before, cut) in VARIANTS[variant].cuts.items():
         path = into / "seatres" / name
         text = path.read_text()
         if text.count(before) != 1:
@@ -81,7 +88,8 @@ def cut_copy(variant: str, into: Path) -> Path:
 
 
 def run_variant(variant: str, bench_args: argparse.Namespace) -> int:
-    burst.log(f"variant {variant}: cut short: {', '.join(CUTS[variant])}")
+    cut = ", ".join(VARIANTS[variant].cuts)
+    burst.log(f"variant {variant}: cut short: {cut}")
     copy_dir = Path(tempfile.mkdtemp(prefix=f"seatres-bounds-{variant}-"))
     workdir = Path(tempfile.mkdtemp(prefix="seatres-bench-"))
     try:
@@ -92,18 +100,16 @@ def run_variant(variant: str, bench_args: argparse.Namespace) -> int:
         shutil.rmtree(copy_dir, ignore_errors=True)
     if status != burst.EXIT_OK:
         return status
-    report.checks = [c for c in report.checks if c.name not in SKIPPED_CHECKS[variant]]
+    skipped = VARIANTS[variant].skipped_checks
+    report.checks = [c for c in report.checks if c.name not in skipped]
     report.compute_ratios()
-    print(f"\n== variant {variant}: {', '.join(CUTS[variant])} cut short ==")
+    print(f"\n== variant {variant}: {cut} cut short ==")
     report.print_table(sys.stdout)
-    for key in RATIOS[variant]:
+    for key in VARIANTS[variant].ratios:
         print(f"  bound, {key}: {report.ratios.get(key, 0):.2f}")
-    if report.broken or report.unexpected:
-        burst.log(f"FAILED: variant {variant}: a check that still applies failed (see above)")
-        burst.log(f"work folder kept: {workdir}")
-        return burst.EXIT_BROKEN
-    shutil.rmtree(workdir, ignore_errors=True)
-    return burst.EXIT_OK
+    status = burst.verdict(report)
+    burst.leave(workdir, keep=status != burst.EXIT_OK)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,14 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawTextHelpFormatter,
         epilog="Any other option is bench/burst.py's (--workers, --connections, --duration, ...).",
     )
-    p.add_argument("--variant", choices=(*CUTS, "all"), default="all", help="(all)")
+    p.add_argument("--variant", choices=(*VARIANTS, "all"), default="all", help="(all)")
     args, rest = p.parse_known_args(argv)
     bench_args = burst.parse_args(rest)
     if bench_args.cluster or bench_args.json or bench_args.keep:
         p.error("--cluster, --json and --keep are bench/burst.py's alone")
     signal.signal(signal.SIGTERM, burst.raise_interrupt)
     status = burst.EXIT_OK
-    for variant in CUTS if args.variant == "all" else (args.variant,):
+    for variant in VARIANTS if args.variant == "all" else (args.variant,):
         status = run_variant(variant, bench_args) or status
         if status in (burst.EXIT_CANNOT_RUN, 130):
             break

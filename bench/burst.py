@@ -1609,8 +1609,27 @@ def run_all(
             bench.stop()
             log("stopped every process the bench started")
     if status != EXIT_OK:
-        log(f"work folder kept: {workdir}")
+        leave(workdir, keep=True)
     return status
+
+
+def verdict(report: Report) -> int:
+    """EXIT_OK, or the status of a run whose checks failed (said in the log)."""
+    if report.broken:
+        log("FAILED: the check found a broken invariant (see above)")
+        return EXIT_BROKEN
+    if report.unexpected:
+        log("FAILED: answers other than 2xx / 409, or socket errors (see above)")
+        return EXIT_UNEXPECTED
+    return EXIT_OK
+
+
+def leave(workdir: Path, keep: bool) -> None:
+    """The work folder removed, or kept (and said where) for its logs."""
+    if keep:
+        log(f"work folder kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1630,16 +1649,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(text)
         else:
             Path(args.json).write_text(text + "\n")
-    if report.broken:
-        log("FAILED: the check found a broken invariant (see above)")
-        status = EXIT_BROKEN
-    elif report.unexpected:
-        log("FAILED: answers other than 2xx / 409, or socket errors (see above)")
-        status = EXIT_UNEXPECTED
-    if args.keep or status != EXIT_OK:
-        log(f"work folder kept: {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+    status = verdict(report)
+    leave(workdir, keep=args.keep or status != EXIT_OK)
     return status
 
 

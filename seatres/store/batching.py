@@ -117,10 +117,10 @@ class TickBatcher:
         """Sends what is pending: `full`, a batch filled in the middle of the tick; else
         the rest of the tick, at its end. Written now on the open connections; by a task
         (which connects first) otherwise."""
-        if not self._pending:
-            return
         if self._cluster_pipes is not None:
             self._flush_to_cluster(self._cluster_pipes, full)
+            return
+        if not self._pending:
             return
         batch, self._pending, self._pending_commands = self._pending, [], 0
         if self._pipe is not None:
@@ -138,6 +138,10 @@ class TickBatcher:
         date first, as every batch on a cluster did before they were written as they
         filled (so a failover is learnt as soon as before, and its fallbacks are one
         cluster pipeline a tick, not one a batch)."""
+        if not full:
+            self._tick_waits = False  # the tick's end, even with nothing left to send
+        if not self._pending:
+            return
         may_wait = full and self._pending_commands < MAX_BATCH
         if may_wait and self._tick_waits:
             return
@@ -145,8 +149,6 @@ class TickBatcher:
         if written is None and may_wait:
             self._tick_waits = True
             return
-        if not full:
-            self._tick_waits = False  # (the tick's end)
         batch, self._pending, self._pending_commands = self._pending, [], 0
         self._start_send(batch, written)
 
