@@ -200,7 +200,31 @@ class TickBatcher:
 
     async def _pipeline_to_cluster(self, groups: list[list[Command]]) -> list[Any]:
         """Callers' commands through redis-py's cluster pipeline (what ClusterPipes sends
-        when a node's own connection cannot answer): their replies, flat, in order."""
+        when a node's own connection cannot answer): their replies, flat, in order.
+
+        A connection that breaks while its replies are read (one opened to a node that
+        died since) gives each of its commands a ConnectionError reply, which redis-py's
+        pipeline, asked for replies rather than raised errors, does not retry; it does
+        ask for a slot map refresh. Those callers go again, as many times as the
+        client's retry policy allows, each time after that refresh once it is due:
+        without this a worker idle during a failover answered its first request to the
+        failed master's events 503, seconds after the replica had taken over. (Timeouts
+        are not sent again here: a node that hangs already costs a caller the socket
+        timeout twice, see ClusterPipes.)"""
+        cluster = self._redis
+        assert isinstance(cluster, RedisCluster)
+        results = await self._cluster_pipeline(groups)
+        for _ in range(cluster.retry.get_retries()):
+            again = [i for i, replies in enumerate(results) if any(map(_broke, replies))]
+            if not again:
+                break
+            retried = await self._cluster_pipeline([groups[i] for i in again])
+            for i, replies in zip(again, retried, strict=True):
+                results[i] = replies
+        return [reply for replies in results for reply in replies]
+
+    async def _cluster_pipeline(self, groups: list[list[Command]]) -> list[list[Any]]:
+        """One cluster pipeline of callers' commands: each caller's replies."""
         cluster, in_flight = self._redis, self._in_flight
         assert isinstance(cluster, RedisCluster) and in_flight is not None
         try:
@@ -224,9 +248,21 @@ class TickBatcher:
                         else:
                             pipe.execute_command(*command, target_nodes=node)
                 replies: list[Any] = await pipe.execute(raise_on_error=False)
-                return replies
         finally:
             in_flight.release()
+        results, start = [], 0
+        for commands in groups:
+            results.append(replies[start : start + len(commands)])
+            start += len(commands)
+        return results
+
+
+def _broke(reply: Any) -> bool:
+    """A reply that says the node's connection failed (not that the pool or the server
+    refused one, which another try at once would not change)."""
+    return isinstance(reply, RedisConnectionError) and not isinstance(
+        reply, RedisCluster.NOT_NODE_FAILURE_ERRORS
+    )
 
 
 def _commands(batch: Batch) -> list[Command]:
