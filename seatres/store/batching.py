@@ -198,9 +198,9 @@ class TickBatcher:
             return
         _answer(batch, replies)
 
-    async def _pipeline_to_cluster(self, groups: list[list[Command]]) -> list[Any]:
+    async def _pipeline_to_cluster(self, groups: list[list[Command]]) -> list[list[Any]]:
         """Callers' commands through redis-py's cluster pipeline (what ClusterPipes sends
-        when a node's own connection cannot answer): their replies, flat, in order.
+        when a node's own connection cannot answer): each caller's replies, in order.
 
         A connection that breaks while its replies are read (one opened to a node that
         died since) gives each of its commands a ConnectionError reply, which redis-py's
@@ -221,7 +221,7 @@ class TickBatcher:
             retried = await self._cluster_pipeline([groups[i] for i in again])
             for i, replies in zip(again, retried, strict=True):
                 results[i] = replies
-        return [reply for replies in results for reply in replies]
+        return results
 
     async def _cluster_pipeline(self, groups: list[list[Command]]) -> list[list[Any]]:
         """One cluster pipeline of callers' commands: each caller's replies."""

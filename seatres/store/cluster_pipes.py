@@ -44,7 +44,7 @@ from seatres.store.resp import Command, RespPipe, as_redis_py_would, target_of
 # script's own TRYAGAIN, a claim key in motion) ran its guards and changed nothing.
 _ELSEWHERE = (AskError, TryAgainError, ClusterDownError)  # AskError covers MOVED
 
-SendSlowly = Callable[[list[list[Command]]], Awaitable[list[Any]]]
+SendSlowly = Callable[[list[list[Command]]], Awaitable[list[list[Any]]]]
 _ByNode = dict[str, tuple[RespPipe, list[int]]]
 
 
@@ -62,7 +62,7 @@ class Written:
 class ClusterPipes:
     def __init__(self, cluster: RedisCluster, slow: SendSlowly) -> None:
         """`slow`: sends callers' commands through redis-py's cluster pipeline and
-        returns their replies, flat, in order."""
+        returns each caller's replies."""
         self._cluster = cluster
         self._slow = slow
         self._pipes: dict[str, RespPipe | None] = {}  # by node name; None: not a plain one
@@ -132,11 +132,8 @@ class ClusterPipes:
                     results[i] = as_redis_py_would(callbacks, groups[i], replies)
         if slow:
             slow.sort()
-            replies = await self._slow([groups[i] for i in slow])
-            start = 0
-            for i in slow:
-                results[i] = replies[start : start + len(groups[i])]
-                start += len(groups[i])
+            for i, replies in zip(slow, await self._slow([groups[i] for i in slow]), strict=True):
+                results[i] = replies
         return results
 
     def _pipe(self, node: ClusterNode) -> RespPipe | None:
