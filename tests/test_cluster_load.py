@@ -1,7 +1,8 @@
 """seatres on a Redis Cluster whose topology changes under load: one event's slot moved to
 another master key by key (ASK / TRYAGAIN while it is half moved, MOVED after, and a
-target node whose script cache is empty), a replica promoted by a manual failover, and
-every script flushed from every node. Through a real `seatres serve` (two workers):
+target node whose script cache is empty), a replica promoted by a manual failover, a
+master killed (under load, and while a worker was idle), and every script flushed from
+every node. Through a real `seatres serve` (two workers):
 requests succeed or answer 503 (never another 5xx), every acknowledged reservation and
 transition is in Redis as acknowledged, and no seat ever has two active reservations.
 
