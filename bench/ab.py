@@ -20,7 +20,6 @@ off in the middle of some phases and not others); the AOF itself is kept, as in 
 The invariant checks of bench/burst.py are not repeated here: run it for those."""
 
 import argparse
-import shutil
 import statistics
 import sys
 import tempfile
@@ -76,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     benches: dict[str, burst.Bench] = {}
     rows: dict[tuple[str, str], list[Row]] = {}
     workdirs = {name: Path(tempfile.mkdtemp(prefix=f"seatres-ab-{name}-")) for name in "ab"}
+    done = False
     try:
         a = burst.Bench(bench_args, workdirs["a"], args.old)
         a.start()
@@ -102,13 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"API {row[1]:6.1f}  Redis {row[2]:5.1f}  wrk {row[3]:5.1f}",
                         flush=True,
                     )
+        done = True
     finally:
         for name in ("B", "A"):  # B uses A's Redis
             if name in benches:
                 benches[name].stop()
-    # (kept when the run fails, for their logs) A's holds the Redis data: hundreds of MB
-    for workdir in workdirs.values():
-        shutil.rmtree(workdir, ignore_errors=True)
+        # kept when the run fails, for their logs; A's holds the Redis data: hundreds of MB
+        for workdir in workdirs.values():
+            burst.leave(workdir, keep=not done)
     print()
     for name, label in (("A", f"A ({args.old})"), ("B", "B (this tree)")):
         hz, bu = rows[(name, "healthz")], rows[(name, "burst")]

@@ -38,7 +38,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from seatres.store.cluster_pipes import ClusterPipes, Written, node_of
+from seatres.store.cluster_pipes import ClusterPipes, Written, node_of, per_caller
 from seatres.store.resp import RespPipe, as_redis_py_would
 
 MAX_BATCH = 512
@@ -250,11 +250,7 @@ class TickBatcher:
                 replies: list[Any] = await pipe.execute(raise_on_error=False)
         finally:
             in_flight.release()
-        results, start = [], 0
-        for commands in groups:
-            results.append(replies[start : start + len(commands)])
-            start += len(commands)
-        return results
+        return per_caller(groups, replies)
 
 
 def _broke(reply: Any) -> bool:

@@ -122,10 +122,8 @@ class ClusterPipes:
                 continue
             if isinstance(outcome, BaseException):  # (cancelled)
                 raise outcome
-            start = 0
-            for i in callers:
-                replies = outcome[start : start + len(groups[i])]
-                start += len(replies)
+            split = per_caller([groups[i] for i in callers], outcome)
+            for i, replies in zip(callers, split, strict=True):
                 if any(isinstance(reply, _ELSEWHERE) for reply in replies):
                     slow.append(i)
                 else:
@@ -150,6 +148,15 @@ class ClusterPipes:
 
 def _joined(groups: Sequence[list[Command]], callers: list[int]) -> list[Command]:
     return [command for i in callers for command in groups[i]]
+
+
+def per_caller(groups: Sequence[list[Command]], replies: list[Any]) -> list[list[Any]]:
+    """Flat replies (of `groups`' commands, joined in order) split back by caller."""
+    split, start = [], 0
+    for commands in groups:
+        split.append(replies[start : start + len(commands)])
+        start += len(commands)
+    return split
 
 
 def node_of(cluster: RedisCluster, commands: list[Command]) -> ClusterNode | None:
